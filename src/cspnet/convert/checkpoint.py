@@ -1,0 +1,212 @@
+"""Reading weight files safely and loading them into a model with a clear mismatch report.
+
+Nothing here executes code from a file: ``.safetensors`` files are read with safetensors, anything
+else with ``torch.load(..., weights_only=True)``. Peer layouts (torchvision, timm, darknet) are
+recognised by their keys and converted to this library's layout by the converters registered with
+:func:`register_converter`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+StateDict = dict[str, Tensor]
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be read or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class Converter:
+    """Turns a peer's state dict into this library's layout.
+
+    ``detect(state, model)`` says whether ``state`` is in the peer's layout; ``convert(state, model)``
+    returns the converted dict. ``model`` is the target (some layouts need its structure).
+    """
+
+    name: str
+    detect: Callable[[StateDict, nn.Module], bool]
+    convert: Callable[[StateDict, nn.Module], StateDict]
+
+
+_CONVERTERS: list[Converter] = []
+
+# File readers for formats that are not a pickled/safetensors state dict (darknet's ``.weights``).
+# A reader gets the path and the target model and returns a state dict in this library's layout.
+_FILE_READERS: dict[str, Callable[[Path, nn.Module], StateDict]] = {}
+
+
+def register_converter(converter: Converter) -> None:
+    _CONVERTERS.append(converter)
+
+
+def register_file_reader(suffix: str, reader: Callable[[Path, nn.Module], StateDict]) -> None:
+    _FILE_READERS[suffix.lower()] = reader
+
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "ema_state_dict")
+_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+def _unwrap(obj: Any, path: Path) -> StateDict:
+    """Find the tensor mapping inside common checkpoint wrappers and strip DDP/Lightning prefixes."""
+    for _ in range(3):
+        if isinstance(obj, Mapping) and obj and not all(isinstance(v, Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: no state dict found (expected a mapping of parameter names to tensors)")
+    state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not state:
+        raise CheckpointError(f"{path}: no tensors found in the checkpoint")
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def read_state_dict(path: str | os.PathLike[str], model: nn.Module | None = None) -> StateDict:
+    """Read a weight file into a flat ``{name: tensor}`` dict without executing code from it.
+
+    ``.safetensors`` via safetensors; registered suffixes (``.weights``) via their reader, which needs
+    the target ``model``; anything else via ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return _unwrap(load_file(str(path), device="cpu"), path)
+        if suffix in _FILE_READERS:
+            if model is None:
+                raise CheckpointError(f"{path}: reading a {suffix} file needs the target model")
+            return _FILE_READERS[suffix](path, model)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # corrupted file, pickle that needs code, wrong format
+        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    return _unwrap(obj, path)
+
+
+def convert_state_dict(state: StateDict, model: nn.Module) -> tuple[StateDict, str]:
+    """Convert ``state`` from whichever peer layout it is in; returns it and the layout's name."""
+    for converter in _CONVERTERS:
+        if converter.detect(state, model):
+            return converter.convert(state, model), converter.name
+    return state, "cspnet"
+
+
+def _adapt_input_conv(name: str, weight: Tensor, target: Tensor) -> Tensor | None:
+    """Adapt a first-conv kernel to another number of input channels (timm's rule), else ``None``."""
+    if weight.dim() != 4 or weight.shape[0] != target.shape[0] or weight.shape[2:] != target.shape[2:]:
+        return None
+    src, dst = weight.shape[1], target.shape[1]
+    if src != 3 or dst == 3:
+        return None
+    if dst == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-dst // src)
+    return weight.repeat(1, repeats, 1, 1)[:, :dst] * (src / dst)
+
+
+def _first_conv_name(model: nn.Module) -> str | None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return f"{name}.weight"
+    return None
+
+
+def _head_names(model: nn.Module) -> set[str]:
+    fc = getattr(getattr(model, "head", None), "fc", None)
+    if not isinstance(fc, nn.Linear):
+        return set()
+    return {"head.fc.weight", "head.fc.bias"}
+
+
+def _summarise(label: str, keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"  {label} ({len(keys)}): {shown}{more}"
+
+
+def load_weights(model: nn.Module, state: StateDict, source: str = "checkpoint") -> list[str]:
+    """Load ``state`` (already in this library's layout) into ``model``, strictly.
+
+    Tolerated: missing ``num_batches_tracked`` buffers (published torchvision files lack them), a
+    first conv with 3 input channels loaded into a model with another ``in_chans``, and a classifier
+    of another size when the model was built with a different ``num_classes`` (the head keeps its
+    fresh initialisation). Anything else that does not fit raises :class:`CheckpointError` listing the
+    missing, unexpected and mis-shaped keys. Returns notes on what was adapted.
+    """
+    own = model.state_dict()
+    notes: list[str] = []
+    state = dict(state)
+    first_conv = _first_conv_name(model)
+    if first_conv in state and first_conv in own and state[first_conv].shape != own[first_conv].shape:
+        adapted = _adapt_input_conv(first_conv, state[first_conv], own[first_conv])
+        if adapted is not None:
+            state[first_conv] = adapted
+            notes.append(f"adapted {first_conv} from 3 to {own[first_conv].shape[1]} input channels")
+    head = _head_names(model)
+    head_skipped = (
+        bool(head)
+        and all(k in state for k in head)
+        and state["head.fc.weight"].shape != own["head.fc.weight"].shape
+        and state["head.fc.weight"].shape[1] == own["head.fc.weight"].shape[1]
+    )
+    if head_skipped:
+        ckpt_classes = state["head.fc.weight"].shape[0]
+        for k in head:
+            state.pop(k)
+        notes.append(
+            f"classifier not loaded: the checkpoint has {ckpt_classes} classes, "
+            f"the model {own['head.fc.weight'].shape[0]}"
+        )
+
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if head_skipped:
+        missing = [k for k in missing if k not in head]
+    unexpected = [k for k in state if k not in own]
+    mis_shaped = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mis_shaped:
+        lines = [f"{source} does not fit {getattr(model, 'name', '') or type(model).__name__}:"]
+        if missing:
+            lines.append(_summarise("missing keys", missing))
+        if unexpected:
+            lines.append(_summarise("unexpected keys", unexpected))
+        if mis_shaped:
+            lines.append(_summarise("mis-shaped keys", mis_shaped))
+        raise CheckpointError("\n".join(lines))
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return notes
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
+    """Read ``path`` (any supported format), convert it to this library's layout and load it.
+
+    Returns notes on what was converted or adapted (for logging).
+    """
+    state = read_state_dict(path, model)
+    state, layout = convert_state_dict(state, model)
+    notes = [] if layout == "cspnet" else [f"converted from the {layout} layout"]
+    return notes + load_weights(model, state, source=str(path))

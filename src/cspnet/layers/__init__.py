@@ -1,0 +1,23 @@
+"""Building blocks shared by every model family."""
+
+from cspnet.layers.act import ACTIVATION_NAMES, make_act
+from cspnet.layers.cross_stage import FUSIONS, CrossStagePartial, Fusion, split_channels
+from cspnet.layers.dense import DenseBlock, DenseLayer
+from cspnet.layers.drop import DropPath, drop_path_rates
+from cspnet.layers.norm import BatchNormAct2d, ConvNormAct, NormActConv
+
+__all__ = [
+    "ACTIVATION_NAMES",
+    "FUSIONS",
+    "BatchNormAct2d",
+    "ConvNormAct",
+    "CrossStagePartial",
+    "DenseBlock",
+    "DenseLayer",
+    "DropPath",
+    "Fusion",
+    "NormActConv",
+    "drop_path_rates",
+    "make_act",
+    "split_channels",
+]

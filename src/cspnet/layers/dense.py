@@ -1,0 +1,93 @@
+"""Dense layers and dense blocks (Huang et al., DenseNet), pre-activation as in torchvision."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from cspnet.layers.drop import DropPath
+from cspnet.layers.norm import BatchNormAct2d
+
+
+class DenseLayer(nn.Module):
+    """BN-act-conv1x1 (bottleneck to ``bn_size * growth_rate``) then BN-act-conv3x3 (``growth_rate``).
+
+    The input is the list of all earlier feature maps of the block; concatenating them is the
+    layer's first step, so ``memory_efficient=True`` can recompute the concatenation and the
+    bottleneck in the backward pass instead of storing them (Pleiss et al., 2017).
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        growth_rate: int,
+        bn_size: int = 4,
+        act: str = "relu",
+        drop_path_rate: float = 0.0,
+        memory_efficient: bool = False,
+    ) -> None:
+        super().__init__()
+        mid_chs = bn_size * growth_rate
+        self.norm1 = BatchNormAct2d(in_chs, act=act)
+        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False)
+        self.norm2 = BatchNormAct2d(mid_chs, act=act)
+        self.conv2 = nn.Conv2d(mid_chs, growth_rate, 3, padding=1, bias=False)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.memory_efficient = memory_efficient
+
+    def bottleneck(self, features: list[Tensor]) -> Tensor:
+        return self.conv1(self.norm1(torch.cat(features, 1)))
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        if self.memory_efficient and self.training and not torch.jit.is_scripting():
+            x = self._bottleneck_checkpointed(features)
+        else:
+            x = self.bottleneck(features)
+        return self.drop_path(self.conv2(self.norm2(x)))
+
+    @torch.jit.unused
+    def _bottleneck_checkpointed(self, features: list[Tensor]) -> Tensor:
+        return checkpoint(lambda *f: self.bottleneck(list(f)), *features, use_reentrant=False)
+
+
+class DenseBlock(nn.ModuleList):
+    """``num_layers`` dense layers; the output concatenates the input and every layer's features.
+
+    >>> import torch
+    >>> block = DenseBlock(16, num_layers=3, growth_rate=12)
+    >>> block.out_chs, block(torch.randn(2, 16, 8, 8)).shape
+    (52, torch.Size([2, 52, 8, 8]))
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        num_layers: int,
+        growth_rate: int,
+        bn_size: int = 4,
+        act: str = "relu",
+        drop_path_rates: list[float] | None = None,
+        memory_efficient: bool = False,
+    ) -> None:
+        rates = drop_path_rates or [0.0] * num_layers
+        super().__init__(
+            DenseLayer(in_chs + i * growth_rate, growth_rate, bn_size, act, rates[i], memory_efficient)
+            for i in range(num_layers)
+        )
+        self.out_chs = in_chs + num_layers * growth_rate
+        self.grad_checkpointing = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._forward_checkpointed(features)
+        for layer in self:
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+    @torch.jit.unused
+    def _forward_checkpointed(self, features: list[Tensor]) -> Tensor:
+        for layer in self:
+            features.append(checkpoint(lambda lyr, *f: lyr(list(f)), layer, *features, use_reentrant=False))
+        return torch.cat(features, 1)

@@ -1,0 +1,122 @@
+"""Declarative model configs: one frozen dataclass per family, one instance per registered model.
+
+Every field can be overridden from ``create_model(name, **overrides)``. Constraints live in the field
+metadata (``bounded`` / ``one_of``) and are checked in ``__post_init__``, so an invalid value raises a
+``ValueError`` that names the field and its valid range wherever the config is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from cspnet.layers.act import ACTIVATION_NAMES
+
+
+def bounded(
+    default: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+    integer: bool = False,
+    doc: str = "",
+) -> Any:
+    """A numeric field with ``low <= value <= high`` (strict where ``low_open`` / ``high_open``).
+
+    ``optional`` also admits ``None`` (a field whose default is derived from the others);
+    ``integer`` rejects non-integers.
+    """
+    meta = {
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "high_open": high_open,
+        "optional": optional,
+        "integer": integer,
+        "doc": doc,
+    }
+    return field(default=default, metadata=meta)
+
+
+def one_of(default: Any, choices: tuple[Any, ...], doc: str = "") -> Any:
+    """A field whose value must be one of ``choices``."""
+    return field(default=default, metadata={"choices": choices, "doc": doc})
+
+
+def positive_ints(default: tuple[int, ...], doc: str = "") -> Any:
+    """A tuple of positive integers (block counts, widths)."""
+    return field(default=default, metadata={"positive_ints": True, "doc": doc})
+
+
+def _range_text(name: str, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{low} {'<' if low_open else '<='} ")
+    parts.append(name)
+    if high is not None:
+        parts.append(f" {'<' if high_open else '<='} {high}")
+    return "".join(parts)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Fields every family shares."""
+
+    drop_rate: float = bounded(0.0, 0.0, 1.0, high_open=True, doc="dropout before the classifier")
+    drop_path_rate: float = bounded(
+        0.0, 0.0, 1.0, high_open=True, doc="stochastic depth, rising linearly to this rate over the blocks"
+    )
+    act: str = one_of("relu", ACTIVATION_NAMES, doc="activation of every conv block")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            meta = f.metadata
+            if "choices" in meta and value not in meta["choices"]:
+                choices = ", ".join(repr(c) for c in meta["choices"])
+                raise ValueError(f"{f.name}={value!r} is invalid: expected one of {choices}")
+            if "low" in meta and not (meta["optional"] and value is None):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"{f.name}={value!r} is invalid: expected a number")
+                if meta["integer"] and not isinstance(value, int):
+                    raise ValueError(f"{f.name}={value!r} is invalid: expected an integer")
+                low, high, low_open, high_open = meta["low"], meta["high"], meta["low_open"], meta["high_open"]
+                too_low = low is not None and (value <= low if low_open else value < low)
+                too_high = high is not None and (value >= high if high_open else value > high)
+                if too_low or too_high:
+                    expected = _range_text(f.name, low, high, low_open, high_open)
+                    raise ValueError(f"{f.name}={value!r} is out of range: expected {expected}")
+            if meta.get("positive_ints"):
+                if isinstance(value, list):
+                    value = tuple(value)
+                    object.__setattr__(self, f.name, value)
+                if not isinstance(value, tuple) or not value or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+                ):
+                    raise ValueError(f"{f.name}={value!r} is invalid: expected a non-empty tuple of positive integers")
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field constraints; families override this."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """A copy with ``overrides`` applied; unknown names raise ``TypeError`` listing the valid ones."""
+        unknown = sorted(set(overrides) - set(self.field_names()))
+        if unknown:
+            raise TypeError(
+                f"unknown config field(s) {', '.join(unknown)} for {type(self).__name__}; "
+                f"valid fields: {', '.join(self.field_names())}"
+            )
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,191 @@
+"""DenseNet and CSPDenseNet: one config, one builder; a DenseNet is the ``partial_ratio=0`` case.
+
+Stage ``i`` of both networks is a :class:`~cspnet.layers.CrossStagePartial` around a
+:class:`~cspnet.layers.DenseBlock`. DenseNet's transition (BN-ReLU-conv1x1 + 2x2 average pool) is
+split at the pool: the conv closes stage ``i`` and the pool opens stage ``i + 1``, so every stage's
+feature map sits at the stage's own resolution (strides 4, 8, 16, 32) and the arithmetic is exactly
+torchvision's. With ``partial_ratio > 0`` (the paper's gamma) the first ``gamma * C`` channels of
+the stage input bypass the dense block and meet it at the partial transition chosen by ``fusion``.
+
+Choices the paper leaves open (documented in ``docs/cspdensenet.md``), all config fields:
+
+* ``transition_b_ratio`` (width of T): by default the width that makes ``[bypass, T]`` exactly as
+  wide as DenseNet's stage output, so all three fusion strategies keep DenseNet's stage widths and
+  ``fusion_last`` is literally ``csp`` without U.
+* U's width is DenseNet's transition width (``compression * (C + n * k)``), and in the last stage
+  DenseNet's final width ``C + n * k``: a CSPDenseNet and its DenseNet twin match stage for stage.
+* ``transition_pool``: ``"after"`` (default) keeps DenseNet's order, pooling after the transition;
+  ``"before"`` pools between the concatenation and U, so U runs on a quarter of the pixels.
+* DenseNet's last stage has no transition, and by default neither has CSPDenseNet's
+  (``last_stage_transition=False``): its bypass joins the partial dense block's output by
+  concatenation alone, which gives DenseNet's final width. A T/U pair there would cost more than
+  the partial dense block saves (DenseNet-201: +0.29 GMACs against -0.09).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from torch import nn
+
+from cspnet.layers import (
+    FUSIONS,
+    BatchNormAct2d,
+    ConvNormAct,
+    CrossStagePartial,
+    DenseBlock,
+    NormActConv,
+    drop_path_rates,
+    split_channels,
+)
+from cspnet.models.backbone import Backbone, FeatureInfo, init_weights
+from cspnet.models.config import ModelConfig, bounded, one_of, positive_ints
+from cspnet.models.registry import ModelEntry, register_model
+
+TORCHVISION_URL = "https://download.pytorch.org/models/{}.pth"
+
+
+@dataclass(frozen=True)
+class DenseNetConfig(ModelConfig):
+    """DenseNet / CSPDenseNet hyper-parameters (defaults: DenseNet-121)."""
+
+    growth_rate: int = bounded(32, 1, integer=True, doc="k: channels each dense layer adds")
+    block_config: tuple[int, ...] = positive_ints((6, 12, 24, 16), doc="dense layers per stage")
+    stem_chs: int = bounded(64, 1, integer=True, doc="stem output channels")
+    bn_size: int = bounded(4, 1, integer=True, doc="bottleneck width of a dense layer, in multiples of k")
+    compression: float = bounded(0.5, 0.0, 1.0, low_open=True, doc="transition width / its input width")
+    small_input: bool = one_of(False, (False, True), doc="3x3 stride-1 stem, no stem pool (32x32 images)")
+    partial_ratio: float = bounded(
+        0.0, 0.0, 1.0, high_open=True, doc="gamma: fraction of each stage's input that bypasses the dense block"
+    )
+    fusion: str = one_of("csp", FUSIONS, doc="partial transition: csp (T, concat, U), fusion_first, fusion_last")
+    transition_b_ratio: float | None = bounded(
+        None, 0.0, 1.0, low_open=True, optional=True, doc="width of T / dense-path width (None: fill the stage width)"
+    )
+    transition_pool: str = one_of("after", ("after", "before"), doc="2x2 pool after the transition or before U")
+    last_stage_transition: bool = one_of(
+        False, (False, True), doc="give the last CSP stage a partial transition (DenseNet's last stage has none)"
+    )
+    memory_efficient: bool = one_of(False, (False, True), doc="recompute concat + bottleneck in backward")
+
+    def check(self) -> None:
+        if self.small_input and len(self.block_config) < 2:
+            raise ValueError(f"block_config={self.block_config!r} is invalid: expected at least 2 stages")
+
+
+def _stem(cfg: DenseNetConfig, in_chans: int) -> tuple[nn.Module, int, nn.Module | None]:
+    """The stem, its stride and the pooling that opens stage 0."""
+    if cfg.small_input:
+        return nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 3, act=cfg.act))), 1, None
+    stem = nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 7, stride=2, act=cfg.act)))
+    return stem, 2, nn.MaxPool2d(3, stride=2, padding=1)
+
+
+def build_densenet(cfg: DenseNetConfig, num_classes: int = 1000, in_chans: int = 3) -> Backbone:
+    """Build a DenseNet (``partial_ratio == 0``) or CSPDenseNet from ``cfg``."""
+    stem, stride, stem_pool = _stem(cfg, in_chans)
+    feature_info = FeatureInfo([{"num_chs": cfg.stem_chs, "reduction": stride, "module": "stem"}])
+    rates = drop_path_rates(cfg.drop_path_rate, cfg.block_config)
+    k, chs = cfg.growth_rate, cfg.stem_chs
+    pool_after = cfg.transition_pool == "after"
+    stages: list[nn.Module] = []
+    for i, num_layers in enumerate(cfg.block_config):
+        last = i == len(cfg.block_config) - 1
+        if i == 0:
+            down = stem_pool
+        else:
+            down = nn.AvgPool2d(2, stride=2) if pool_after else None
+        stride *= 2 if down is not None else 1
+
+        bypass, dense_in = split_channels(chs, cfg.partial_ratio)
+        blocks = DenseBlock(dense_in, num_layers, k, cfg.bn_size, cfg.act, rates[i], cfg.memory_efficient)
+        dense_width = chs + num_layers * k  # DenseNet's width at the end of this dense block
+        out = dense_width if last else int(dense_width * cfg.compression)
+
+        conv_t_b = conv_t = None
+        if bypass == 0:
+            if not last:
+                conv_t = NormActConv(blocks.out_chs, out, act=cfg.act)
+        elif last and not cfg.last_stage_transition:
+            out = bypass + blocks.out_chs  # the bypass joins the dense output by concatenation alone
+        else:
+            if cfg.fusion in ("csp", "fusion_last"):
+                if cfg.transition_b_ratio is None:
+                    t_chs = out - bypass
+                    if t_chs < 1:
+                        raise ValueError(
+                            f"partial_ratio={cfg.partial_ratio} is too large for stage {i}: the bypass "
+                            f"({bypass} channels) is as wide as the stage output ({out}); lower partial_ratio "
+                            "or set transition_b_ratio"
+                        )
+                else:
+                    t_chs = max(1, int(round(blocks.out_chs * cfg.transition_b_ratio)))
+                conv_t_b = NormActConv(blocks.out_chs, t_chs, act=cfg.act)
+                cat_chs = bypass + t_chs
+            else:
+                cat_chs = bypass + blocks.out_chs
+            if cfg.fusion in ("csp", "fusion_first"):
+                conv_t = NormActConv(cat_chs, out, act=cfg.act)
+            else:
+                out = cat_chs
+        fusion_pool = None if (pool_after or last) else nn.AvgPool2d(2, stride=2)
+        stages.append(
+            CrossStagePartial(
+                blocks,
+                bypass_chs=bypass,
+                down=down,
+                conv_transition_b=conv_t_b,
+                conv_transition=conv_t,
+                fusion_pool=fusion_pool,
+            )
+        )
+        stride *= 2 if fusion_pool is not None else 1
+        feature_info.append({"num_chs": out, "reduction": stride, "module": f"stages.{i}"})
+        chs = out
+
+    model = Backbone(stem, stages, feature_info, num_classes, cfg.drop_rate, BatchNormAct2d(chs, act=cfg.act))
+    init_weights(model)
+    return model
+
+
+def _register(name: str, cfg: DenseNetConfig, description: str, **kwargs) -> None:
+    register_model(ModelEntry(name, build_densenet, cfg, description, **kwargs))
+
+
+_IMAGENET = {
+    # name: (growth, blocks, stem, torchvision weights, torchvision params, torchvision GMACs @224)
+    "densenet121": (32, (6, 12, 24, 16), 64, "densenet121-a639ec97", 7_978_856, 2.834),
+    "densenet169": (32, (6, 12, 32, 32), 64, "densenet169-b2777c0a", 14_149_480, 3.360),
+    "densenet201": (32, (6, 12, 48, 32), 64, "densenet201-c1103571", 20_013_928, 4.291),
+    "densenet161": (48, (6, 12, 36, 24), 96, "densenet161-8d451a50", 28_681_000, 7.728),
+    "densenet264": (32, (6, 12, 64, 48), 64, None, None, None),
+}
+
+for _name, (_k, _blocks, _stem_chs, _weights, _params, _gmacs) in _IMAGENET.items():
+    _cfg = DenseNetConfig(growth_rate=_k, block_config=_blocks, stem_chs=_stem_chs)
+    _depth = _name.removeprefix("densenet")
+    _published = {"params": _params, "gmacs_224": _gmacs, "source": "torchvision"} if _params else {}
+    _register(
+        _name,
+        _cfg,
+        f"DenseNet-{_depth} (k={_k}), torchvision's layout",
+        pretrained_url=TORCHVISION_URL.format(_weights) if _weights else None,
+        published=_published,
+    )
+    if _name != "densenet161":
+        _register(
+            f"csp{_name}",
+            _cfg.replace(partial_ratio=0.5),
+            f"CSPDenseNet-{_depth}: DenseNet-{_depth} with cross stage partial stages (gamma 0.5, fusion csp)",
+        )
+
+# DenseNet-BC (k=12, depth 100: three stages of 16 layers) for ~32x32 images, and its CSP twin.
+_BC100 = DenseNetConfig(growth_rate=12, block_config=(16, 16, 16), stem_chs=24, small_input=True)
+_register("densenet_bc100", _BC100, "DenseNet-BC-100 (k=12) for ~32x32 inputs", input_size=(3, 32, 32))
+_register(
+    "cspdensenet_bc100",
+    _BC100.replace(partial_ratio=0.5),
+    "CSPDenseNet-BC-100 (k=12, gamma 0.5) for ~32x32 inputs",
+    input_size=(3, 32, 32),
+)

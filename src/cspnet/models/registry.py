@@ -1,0 +1,64 @@
+"""The one model registry: a name maps to a family builder and the config instance it builds."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cspnet.models.backbone import Backbone
+from cspnet.models.config import ModelConfig
+
+Builder = Callable[[Any, int, int], Backbone]
+"""``builder(config, num_classes, in_chans) -> Backbone``."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its family builder, its config, and what users need to know about it."""
+
+    name: str
+    builder: Builder
+    config: ModelConfig
+    description: str
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    pretrained_url: str | None = None
+    """Where ``pretrained=True`` fetches weights (in the peer's format; converted on load)."""
+    published: dict[str, Any] = field(default_factory=dict)
+    """Published reference figures (parameter counts, MACs, BFLOPs, accuracy) with their source."""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(entry: ModelEntry) -> ModelEntry:
+    if entry.name in _REGISTRY:
+        raise ValueError(f"model {entry.name!r} is already registered")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+class UnknownModelError(ValueError):
+    """Raised for a model name that is not registered; the message suggests the closest names."""
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; an unknown name raises ``UnknownModelError`` with suggestions."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `cspnet models` for the list"
+        raise UnknownModelError(f"unknown model {name!r}{hint}") from None
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style wildcard ``pattern``, sorted.
+
+    >>> import cspnet
+    >>> cspnet.list_models("cspdensenet*")[:2]
+    ['cspdensenet121', 'cspdensenet169']
+    """
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
