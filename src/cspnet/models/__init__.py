@@ -1,10 +1,21 @@
-"""Model families, the registry and ``create_model``. Importing a family module registers its models."""
+"""Model families, the registry and ``create_model``.
 
-from cspnet.models import densenet  # noqa: F401  (registers the DenseNet family)
+Each family module (``densenet``, ``resnet``, ``darknet``, ``peleenet``) registers its models when
+imported; the ones present are imported here.
+"""
+
+import importlib
+import importlib.util
+
 from cspnet.models.backbone import Backbone, FeatureExtractor, FeatureInfo
 from cspnet.models.config import ModelConfig
 from cspnet.models.factory import create_model
 from cspnet.models.registry import ModelEntry, UnknownModelError, get_model_entry, list_models, register_model
+
+FAMILIES = ("densenet", "resnet", "darknet", "peleenet")
+for _family in FAMILIES:
+    if importlib.util.find_spec(f"cspnet.models.{_family}") is not None:
+        importlib.import_module(f"cspnet.models.{_family}")
 
 __all__ = [
     "Backbone",

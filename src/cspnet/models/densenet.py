@@ -165,7 +165,7 @@ _IMAGENET = {
 for _name, (_k, _blocks, _stem_chs, _weights, _params, _gmacs) in _IMAGENET.items():
     _cfg = DenseNetConfig(growth_rate=_k, block_config=_blocks, stem_chs=_stem_chs)
     _depth = _name.removeprefix("densenet")
-    _published = {"params": _params, "gmacs_224": _gmacs, "source": "torchvision"} if _params else {}
+    _published = ({"source": "torchvision", "input": 224, "params": _params, "gmacs": _gmacs},) if _params else ()
     _register(
         _name,
         _cfg,

@@ -26,8 +26,12 @@ class ModelEntry:
     input_size: tuple[int, int, int] = (3, 224, 224)
     pretrained_url: str | None = None
     """Where ``pretrained=True`` fetches weights (in the peer's format; converted on load)."""
-    published: dict[str, Any] = field(default_factory=dict)
-    """Published reference figures (parameter counts, MACs, BFLOPs, accuracy) with their source."""
+    published: tuple[dict[str, Any], ...] = ()
+    """Published reference figures, one dict per source. Keys (all optional but ``source``):
+    ``source`` (e.g. "torchvision", "timm", "paper README"), ``input`` (the side length the cost
+    figures are for), ``params`` (PyTorch parameter count), ``conv_weight_params`` (the paper's
+    #Parameter: conv kernels only), ``gmacs`` (torchvision/timm GMACs), ``bflops`` (darknet BFLOPs =
+    2 x conv GMACs), ``cio_m`` (HarDNet CIO in millions), ``top1`` / ``top5`` (ImageNet, percent)."""
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
