@@ -102,6 +102,9 @@ class CrossStagePartial(nn.Module):
         self.fusion_pool = _identity(fusion_pool)
         self.conv_transition = _identity(conv_transition)
 
+    def extra_repr(self) -> str:
+        return f"bypass_chs={self.bypass_chs}"
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv_exp(self.down(x))
         if self.bypass_chs > 0:
