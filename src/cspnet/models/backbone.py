@@ -106,9 +106,9 @@ class FeatureExtractor(nn.Module):
     >>> import cspnet, torch
     >>> m = cspnet.create_model("cspdensenet121", features_only=True, out_indices=(2, 3, 4))
     >>> [tuple(f.shape) for f in m(torch.randn(1, 3, 224, 224))]
-    [(1, 256, 28, 28), (1, 640, 14, 14), (1, 1024, 7, 7)]
+    [(1, 256, 28, 28), (1, 512, 14, 14), (1, 1024, 7, 7)]
     >>> m.feature_info.channels(), m.feature_info.reduction()
-    ([256, 640, 1024], [8, 16, 32])
+    ([256, 512, 1024], [8, 16, 32])
     """
 
     def __init__(self, model: Backbone, out_indices: Sequence[int] | None = None) -> None:
