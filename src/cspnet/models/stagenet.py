@@ -1,0 +1,231 @@
+"""ResNe(X)t- and Darknet-style networks and their CSP twins: one config, one builder.
+
+Every stage ``i`` is a :class:`~cspnet.layers.CrossStagePartial`::
+
+    down     3x3/2 conv (groups) to in or out channels   (stride-2 stages with down="conv";
+             stage 0 of a ResNet-style stem gets the stem's max pool instead)
+    conv_exp 1x1 to exp = out * expand_ratio, split into
+             bypass = exp * partial_ratio (first channels) | block path = the rest
+    blocks   depth x residual block (bottleneck or dark) of width out * block_ratio
+    T        1x1, block width -> block width
+    U        1x1 over [bypass, T] -> out
+
+``partial_ratio == 0`` gives the plain stage of the baseline network: ``down -> blocks`` (Darknet-53)
+or, with ``down="block"``, just the blocks, the first one strided (darknet's ResNet-50 / ResNeXt-50).
+
+The darknet cfgs build ``conv_exp`` as two parallel 1x1 convs (bypass, then block path); one conv
+with the bypass rows first is the same map (the darknet weight reader stacks them). CSPResNe(X)t's
+first stage splits unevenly (bypass 128, block path 64 channels): ``expand_ratio`` 1.5 / 0.75 with
+``partial_ratio`` 2/3, and its first block joins 64 input to 128 output channels through darknet's
+partial-channel shortcut (``shortcut="darknet"``).
+
+>>> import torch
+>>> cfg = StageNetConfig(out_chs=(32, 64), depths=(1, 1), strides=(1, 2), expand_ratio=2.0,
+...                      partial_ratio=0.5, bottle_ratio=0.5, block_ratio=1.0, split_linear=True)
+>>> model = build_stagenet(cfg, num_classes=10)
+>>> model(torch.randn(1, 3, 64, 64)).shape, model.feature_info.reduction()
+(torch.Size([1, 10]), [2, 4, 8])
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from cspnet.layers import ACTIVATION_NAMES, ConvNormAct, CrossStagePartial, drop_path_rates, split_channels
+from cspnet.layers.residual import BLOCKS, SHORTCUTS
+from cspnet.models.backbone import Backbone, FeatureInfo, init_weights
+from cspnet.models.config import ModelConfig, bounded, one_of, positive_ints
+from cspnet.models.registry import ModelEntry, register_model
+
+
+def per_stage(default: Any, low: float, high: float, *, low_open: bool = False, doc: str = "") -> Any:
+    """A per-stage tuple of numbers in ``[low, high]`` (``(low, high]`` with ``low_open``).
+
+    A single number is accepted too and repeated for every stage.
+    """
+    return field(default=default, metadata={"per_stage": (low, high, low_open), "doc": doc})
+
+
+def per_stage_flags(default: Any, doc: str = "") -> Any:
+    """A per-stage tuple of booleans; a single boolean is repeated for every stage."""
+    return field(default=default, metadata={"per_stage": "bool", "doc": doc})
+
+
+@dataclass(frozen=True)
+class StageNetConfig(ModelConfig):
+    """ResNe(X)t- / Darknet-style network with optional CSP stages (defaults: timm's cspresnet50)."""
+
+    act: str = one_of("leaky_relu", ACTIVATION_NAMES, doc="activation of every conv block")
+    stem: str = one_of(
+        "resnet", ("resnet", "darknet"), doc="resnet: 7x7/2 conv + max pool (opens stage 0); darknet: 3x3/1 conv"
+    )
+    stem_chs: int = bounded(64, 1, integer=True, doc="stem output channels")
+    stem_pool: str = one_of(
+        "3x3", ("3x3", "2x2"), doc="resnet stem max pool: 3x3/2 pad 1 (timm, torchvision) or 2x2/2 (darknet)"
+    )
+    out_chs: tuple[int, ...] = positive_ints((128, 256, 512, 1024), doc="output channels per stage")
+    depths: tuple[int, ...] = positive_ints((3, 3, 5, 2), doc="residual blocks per stage")
+    strides: tuple[int, ...] = positive_ints((1, 2, 2, 2), doc="stride of each stage (1 or 2)")
+    down: str = one_of(
+        "conv", ("conv", "block"), doc="stride-2 stages open with a 3x3/2 conv, or stride their first block's 3x3"
+    )
+    down_growth: bool = one_of(False, (False, True), doc="the opening conv widens to out_chs (darknet) or keeps width")
+    expand_ratio: tuple[float, ...] = per_stage(2.0, 0.0, 16.0, low_open=True, doc="conv_exp width / out_chs")
+    partial_ratio: tuple[float, ...] = per_stage(
+        0.5, 0.0, 1.0, doc="gamma: fraction of conv_exp's channels that bypass the blocks (0: plain stage)"
+    )
+    bottle_ratio: tuple[float, ...] = per_stage(0.5, 0.0, 16.0, low_open=True, doc="block inner width / block width")
+    block_ratio: tuple[float, ...] = per_stage(1.0, 0.0, 16.0, low_open=True, doc="block width / out_chs")
+    split_linear: tuple[bool, ...] = per_stage_flags(True, doc="conv_exp without activation (timm's cross_linear)")
+    groups: int = bounded(1, 1, integer=True, doc="groups of every 3x3 conv (32 for ResNeXt)")
+    block: str = one_of("bottleneck", tuple(BLOCKS), doc="residual block type")
+    shortcut: str = one_of(
+        "identity", SHORTCUTS, doc="identity add, or darknet's parameter-free partial-channel/strided add"
+    )
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    def __post_init__(self) -> None:
+        # Broadcast scalars of per-stage fields before the generic checks run.
+        for f in self.__dataclass_fields__.values():
+            value = getattr(self, f.name)
+            if "per_stage" in f.metadata and not isinstance(value, (tuple, list)):
+                object.__setattr__(self, f.name, (value,) * len(self.depths))
+            elif isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+        super().__post_init__()
+
+    def check(self) -> None:
+        n = self.num_stages
+        for f in self.__dataclass_fields__.values():
+            value = getattr(self, f.name)
+            rule = f.metadata.get("per_stage")
+            if rule is None and not f.metadata.get("positive_ints"):
+                continue
+            if len(value) != n:
+                raise ValueError(f"{f.name}={value!r} is invalid: expected {n} values, one per stage (depths)")
+            if rule == "bool":
+                if not all(isinstance(v, bool) for v in value):
+                    raise ValueError(f"{f.name}={value!r} is invalid: expected booleans")
+            elif rule is not None:
+                low, high, low_open = rule
+                for v in value:
+                    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+                    if not ok or not (v > low if low_open else v >= low) or v > high:
+                        expected = f"{low} {'<' if low_open else '<='} {f.name} <= {high}"
+                        raise ValueError(f"{f.name}={value!r} is out of range: expected {expected} for every stage")
+        if any(s not in (1, 2) for s in self.strides):
+            raise ValueError(f"strides={self.strides!r} is invalid: expected 1 or 2 per stage")
+        if self.stem == "resnet" and self.strides[0] != 1:
+            raise ValueError(
+                f"strides={self.strides!r} is invalid: the resnet stem's max pool opens stage 0, so strides[0] must be 1"
+            )
+        if self.down == "block" and any(p > 0 for p in self.partial_ratio):
+            raise ValueError(
+                "down='block' (strided first block) is only valid for plain stages: set partial_ratio=0 "
+                "or down='conv'"
+            )
+
+
+def _stem(cfg: StageNetConfig, in_chans: int) -> tuple[nn.Module, int, nn.Module | None]:
+    """The stem, its stride and the max pool that opens stage 0 (ResNet-style stems)."""
+    if cfg.stem == "darknet":
+        return nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 3, act=cfg.act))), 1, None
+    stem = nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 7, stride=2, act=cfg.act)))
+    # darknet's [maxpool] size=2 stride=2 rounds odd sizes up; on even sizes it is a plain 2x2/2 window.
+    pool = nn.MaxPool2d(3, 2, padding=1) if cfg.stem_pool == "3x3" else nn.MaxPool2d(2, 2, ceil_mode=True)
+    return stem, 2, pool
+
+
+def _stage(
+    cfg: StageNetConfig, i: int, in_chs: int, down: nn.Module | None, dpr: list[float]
+) -> tuple[CrossStagePartial, int]:
+    """Stage ``i`` taking ``in_chs`` channels; returns it and its output width."""
+    out_chs, stride, act = cfg.out_chs[i], cfg.strides[i], cfg.act
+    if stride == 2 and cfg.down == "conv":
+        down_chs = out_chs if cfg.down_growth else in_chs
+        down = ConvNormAct(in_chs, down_chs, 3, stride=2, groups=cfg.groups, act=act)
+        in_chs = down_chs
+    block_stride = stride if cfg.down == "block" else 1
+    block_chs = int(round(out_chs * cfg.block_ratio[i]))
+
+    def blocks(chs: int) -> nn.Sequential:
+        block_cls = BLOCKS[cfg.block]
+        return nn.Sequential(
+            *(
+                block_cls(
+                    chs if j == 0 else block_chs,
+                    block_chs,
+                    bottle_ratio=cfg.bottle_ratio[i],
+                    stride=block_stride if j == 0 else 1,
+                    groups=cfg.groups,
+                    act=act,
+                    shortcut=cfg.shortcut,
+                    drop_path=dpr[j],
+                )
+                for j in range(cfg.depths[i])
+            )
+        )
+
+    if cfg.partial_ratio[i] == 0:
+        return CrossStagePartial(blocks(in_chs), down=down), block_chs
+    exp_chs = int(round(out_chs * cfg.expand_ratio[i]))
+    bypass_chs, path_chs = split_channels(exp_chs, cfg.partial_ratio[i])
+    stage = CrossStagePartial(
+        blocks(path_chs),
+        bypass_chs=bypass_chs,
+        down=down,
+        conv_exp=ConvNormAct(in_chs, exp_chs, 1, act="linear" if cfg.split_linear[i] else act),
+        conv_transition_b=ConvNormAct(block_chs, block_chs, 1, act=act),
+        conv_transition=ConvNormAct(bypass_chs + block_chs, out_chs, 1, act=act),
+    )
+    return stage, out_chs
+
+
+def build_stagenet(cfg: StageNetConfig, num_classes: int = 1000, in_chans: int = 3) -> Backbone:
+    """Build a ResNe(X)t- / Darknet-style network (CSP or plain stages) from ``cfg``."""
+    stem, reduction, stem_pool = _stem(cfg, in_chans)
+    feature_info = FeatureInfo([{"num_chs": cfg.stem_chs, "reduction": reduction, "module": "stem"}])
+    rates = drop_path_rates(cfg.drop_path_rate, cfg.depths)
+    chs = cfg.stem_chs
+    stages: list[nn.Module] = []
+    for i in range(cfg.num_stages):
+        stage, chs = _stage(cfg, i, chs, stem_pool if i == 0 else None, rates[i])
+        stages.append(stage)
+        reduction *= cfg.strides[i] * (2 if i == 0 and stem_pool is not None else 1)
+        feature_info.append({"num_chs": chs, "reduction": reduction, "module": f"stages.{i}"})
+    model = Backbone(stem, stages, feature_info, num_classes, cfg.drop_rate)
+    init_weights(model)
+    return model
+
+
+def register_stagenet(name: str, cfg: StageNetConfig, description: str, **kwargs: Any) -> ModelEntry:
+    """Register ``name`` as a stagenet model at darknet's / timm's 256x256 input."""
+    return register_model(ModelEntry(name, build_stagenet, cfg, description, input_size=(3, 256, 256), **kwargs))
+
+
+TIMM_URL = "https://huggingface.co/timm/{}.ra_in1k/resolve/main/model.safetensors"
+"""timm's published ImageNet weights of the CSP models (``.format(name)``)."""
+
+
+def timm_figures(params: int) -> dict[str, Any]:
+    """timm's published figures: PyTorch parameter count at its 256x256 input."""
+    return {"source": "timm", "input": 256, "params": params}
+
+
+def readme_figures(conv_weights_m: float, bflops: float, top1: float, top5: float) -> dict[str, Any]:
+    """The official README's figures: conv weights (millions, as rounded there), BFLOPs at 256, top-1/5."""
+    return {
+        "source": "paper README",
+        "input": 256,
+        "conv_weight_params": int(round(conv_weights_m * 1e6)),
+        "bflops": bflops,
+        "top1": top1,
+        "top5": top5,
+    }
