@@ -131,6 +131,27 @@ class StageNetConfig(ModelConfig):
                 "down='block' (strided first block) is only valid for plain stages: set partial_ratio=0 "
                 "or down='conv'"
             )
+        if self.shortcut == "identity":
+            self._check_identity_shortcuts()
+
+    def _check_identity_shortcuts(self) -> None:
+        """An identity shortcut needs every first block to keep its input's shape."""
+        chs = self.stem_chs
+        for i in range(self.num_stages):
+            out_chs, stride = self.out_chs[i], self.strides[i]
+            if stride == 2 and self.down == "conv":
+                chs = out_chs if self.down_growth else chs
+            block_chs = int(round(out_chs * self.block_ratio[i]))
+            if self.partial_ratio[i] > 0:
+                chs = split_channels(int(round(out_chs * self.expand_ratio[i])), self.partial_ratio[i])[1]
+            if chs != block_chs or (stride == 2 and self.down == "block"):
+                raise ValueError(
+                    f"stage {i}: its first block maps {chs} to {block_chs} channels (out_chs x block_ratio) at "
+                    f"stride {stride if self.down == 'block' else 1}, which shortcut='identity' cannot add; "
+                    "change partial_ratio / expand_ratio / block_ratio or use shortcut='darknet' "
+                    "(parameter-free partial-channel add)"
+                )
+            chs = out_chs if self.partial_ratio[i] > 0 else block_chs
 
 
 def _stem(cfg: StageNetConfig, in_chans: int) -> tuple[nn.Module, int, nn.Module | None]:
