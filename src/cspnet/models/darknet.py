@@ -32,13 +32,14 @@ register_stagenet(
     "cspdarknet53",
     CSPDARKNET53,
     "CSPDarknet-53, timm's layout (LeakyReLU 0.01)",
-    pretrained_url=TIMM_URL.format("cspdarknet53"),
+    pretrained_url=TIMM_URL.format("cspdarknet53.ra_in1k"),
     published=(timm_figures(27_642_184),),
 )
 register_stagenet(
     "darknet53",
     DARKNET53,
     "Darknet-53, timm's layout (LeakyReLU 0.01)",
+    pretrained_url=TIMM_URL.format("darknet53.c2ns_in1k"),
     published=(timm_figures(41_609_928),),
 )
 register_stagenet(

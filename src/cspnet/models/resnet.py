@@ -61,14 +61,14 @@ register_stagenet(
     "cspresnet50",
     CSPRESNET50,
     "CSPResNet-50, timm's layout (LeakyReLU 0.01, 3x3 stem pool, even split)",
-    pretrained_url=TIMM_URL.format("cspresnet50"),
+    pretrained_url=TIMM_URL.format("cspresnet50.ra_in1k"),
     published=(timm_figures(21_616_168),),
 )
 register_stagenet(
     "cspresnext50",
     CSPRESNEXT50,
     "CSPResNeXt-50 (32 groups), timm's layout (LeakyReLU 0.01, 3x3 stem pool, even split)",
-    pretrained_url=TIMM_URL.format("cspresnext50"),
+    pretrained_url=TIMM_URL.format("cspresnext50.ra_in1k"),
     published=(timm_figures(20_569_896),),
 )
 register_stagenet(

@@ -231,8 +231,8 @@ def register_stagenet(name: str, cfg: StageNetConfig, description: str, **kwargs
     return register_model(ModelEntry(name, build_stagenet, cfg, description, input_size=(3, 256, 256), **kwargs))
 
 
-TIMM_URL = "https://huggingface.co/timm/{}.ra_in1k/resolve/main/model.safetensors"
-"""timm's published ImageNet weights of the CSP models (``.format(name)``)."""
+TIMM_URL = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
+"""timm's published ImageNet weights, ``.format("<model>.<tag>")`` (``cspresnet50.ra_in1k``)."""
 
 
 def timm_figures(params: int) -> dict[str, Any]:
