@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from peer_fixtures import assert_matches_logits, fixture_input, fixture_state_dict, load_fixture
 from safetensors.torch import save_file
 
 import cspnet
 from cspnet.convert.torchvision import torchvision_densenet_key
+from peer_fixtures import assert_matches_logits, fixture_input, fixture_state_dict, load_fixture
 
 
 def test_list_models_wildcards() -> None:

@@ -1,6 +1,9 @@
 """Weight files: safe reading, peer-layout conversion (torchvision, timm, darknet), strict loading."""
 
-from cspnet.convert import torchvision as _torchvision  # noqa: F401  (registers its converter)
+# Importing a peer module registers its converter / file reader.
+from cspnet.convert import darknet as _darknet  # noqa: F401  (darknet .weights reader)
+from cspnet.convert import timm as _timm  # noqa: F401  (timm CSP checkpoints)
+from cspnet.convert import torchvision as _torchvision  # noqa: F401  (torchvision DenseNet checkpoints)
 from cspnet.convert.checkpoint import (
     CheckpointError,
     Converter,

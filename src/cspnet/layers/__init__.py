@@ -5,18 +5,23 @@ from cspnet.layers.cross_stage import FUSIONS, CrossStagePartial, Fusion, split_
 from cspnet.layers.dense import DenseBlock, DenseLayer
 from cspnet.layers.drop import DropPath, drop_path_rates
 from cspnet.layers.norm import BatchNormAct2d, ConvNormAct, NormActConv
+from cspnet.layers.residual import SHORTCUTS, BottleneckBlock, DarkBlock, darknet_shortcut
 
 __all__ = [
     "ACTIVATION_NAMES",
     "FUSIONS",
+    "SHORTCUTS",
     "BatchNormAct2d",
+    "BottleneckBlock",
     "ConvNormAct",
     "CrossStagePartial",
     "DenseBlock",
+    "DarkBlock",
     "DenseLayer",
     "DropPath",
     "Fusion",
     "NormActConv",
+    "darknet_shortcut",
     "drop_path_rates",
     "make_act",
     "split_channels",

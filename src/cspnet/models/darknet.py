@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from cspnet.convert import darknet as _darknet  # noqa: F401  (registers the .weights reader)
-from cspnet.convert import timm as _timm  # noqa: F401  (registers the timm converter)
 from cspnet.models.stagenet import TIMM_URL, StageNetConfig, readme_figures, register_stagenet, timm_figures
 
 CSPDARKNET53 = StageNetConfig(

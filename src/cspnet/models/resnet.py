@@ -12,8 +12,6 @@ Two layouts of each CSP model:
 
 from __future__ import annotations
 
-from cspnet.convert import darknet as _darknet  # noqa: F401  (registers the .weights reader)
-from cspnet.convert import timm as _timm  # noqa: F401  (registers the timm converter)
 from cspnet.models.stagenet import TIMM_URL, StageNetConfig, readme_figures, register_stagenet, timm_figures
 
 CSPRESNET50 = StageNetConfig(
