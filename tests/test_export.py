@@ -1,0 +1,132 @@
+"""ONNX / TorchScript export: round trips at another batch size, the CLI and its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import cspnet
+from cspnet.cli.main import main
+from cspnet.export import export_model, load_runner
+from cspnet.models.backbone import count_params
+
+IMG = 64
+
+
+def _smallest_model_of_each_family() -> list[str]:
+    smallest: dict[object, tuple[int, str]] = {}
+    with torch.device("meta"):
+        for name in cspnet.list_models():
+            builder = cspnet.get_model_entry(name).builder
+            params = count_params(cspnet.create_model(name))
+            if builder not in smallest or params < smallest[builder][0]:
+                smallest[builder] = (params, name)
+    return sorted(name for _, name in smallest.values())
+
+
+FAMILIES = _smallest_model_of_each_family()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_export_round_trip_at_another_batch_size(name: str, fmt: str, tmp_path: Path) -> None:
+    model = cspnet.create_model(name, num_classes=10)
+    result = export_model(model, fmt, tmp_path / f"model.{fmt}", IMG)
+    assert result.check_batch != result.export_batch
+    assert result.max_rel_diff < 1e-4
+    runner = load_runner(result.path, fmt)
+    x = torch.randn(5, 3, IMG, IMG)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    got = runner(x)
+    assert got.shape == (5, 10)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-4
+
+
+def test_onnx_input_has_a_symbolic_batch_axis(tmp_path: Path) -> None:
+    import onnx
+
+    export_model(cspnet.create_model("cspdensenet_bc100", num_classes=10), "onnx", tmp_path / "m.onnx", 32)
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 32, 32]
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith("cspnet export: error:")
+    return err
+
+
+def test_cli_export_writes_and_checks_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.pt"
+    args = ["export", "cspdensenet_bc100", "--format", "torchscript", "--output", str(out), "--num-classes", "3"]
+    assert main(args) == 0
+    assert "checked at batch 3" in capsys.readouterr().out
+    assert load_runner(out, "torchscript")(torch.randn(4, 3, 32, 32)).shape == (4, 3)
+
+
+def test_cli_export_reads_model_and_classes_from_a_training_checkpoint(tmp_path: Path) -> None:
+    model = cspnet.create_model("cspdensenet_bc100", num_classes=7, partial_ratio=0.25)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": {"model_name": "cspdensenet_bc100", "num_classes": 7,
+                                 "model_overrides": {"partial_ratio": 0.25}},
+        },
+        ckpt,
+    )  # fmt: skip
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(out)]) == 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    torch.testing.assert_close(load_runner(out, "onnx")(x), expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["cspdensenet_bc100", "--format", "tflite"], "--format 'tflite' is not supported"),
+        (["no_such_model", "--format", "onnx"], "unknown model 'no_such_model'"),
+        (["--format", "onnx"], "name the model"),
+        (["cspdensenet_bc100", "--format", "onnx", "--img-size", "0"], "--img-size 0 is invalid"),
+    ],
+)
+def test_cli_export_errors(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", *extra, "--output", str(tmp_path / "m.onnx")]) == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("kind", ["other_model", "missing", "not_weights"])
+def test_cli_export_rejects_a_wrong_checkpoint(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "w.safetensors"
+    if kind == "other_model":
+        save_file(cspnet.create_model("densenet_bc100").state_dict(), str(ckpt))
+    elif kind == "not_weights":
+        ckpt = tmp_path / "w.pth"
+        ckpt.write_text("not a checkpoint")
+    args = ["export", "cspdensenet_bc100", "--checkpoint", str(ckpt), "--format", "onnx", "--output",
+            str(tmp_path / "m.onnx")]  # fmt: skip
+    assert main(args) == 2
+    err = _one_error_line(capsys)
+    expected = {"other_model": "does not fit", "missing": "not found", "not_weights": "cannot read weights"}[kind]
+    assert expected in err
+
+
+def test_cli_export_fails_when_the_file_does_not_reproduce_pytorch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A tolerance no float computation meets stands in for a broken exporter.
+    args = ["export", "cspdensenet_bc100", "--format", "onnx", "--output", str(tmp_path / "m.onnx"),
+            "--tolerance", "-1"]  # fmt: skip
+    assert main(args) == 2
+    assert "does not reproduce PyTorch" in _one_error_line(capsys)
