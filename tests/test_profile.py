@@ -173,3 +173,20 @@ def test_profile_runs_without_touching_real_memory():
     p = profile("densenet264", 512)
     assert p.macs > 20e9
     assert torch.empty(0).device.type == "cpu"
+
+
+def test_reproduce_quick_writes_the_report_and_plots(tmp_path, capsys):
+    report = tmp_path / "docs" / "reproduction.md"
+    assert main(["reproduce", "--quick", "--output", str(report)]) == 0
+    text = report.read_text()
+    for heading in (
+        "## 1. Published figures",
+        "## 2. Ablation",
+        "## 3. Where the computation goes",
+        "Machine:",
+    ):
+        assert heading in text
+    assert "| densenet121 | torchvision | 224 | GMACs | 2.834 | 2.834 |" in text
+    assert "| cspresnext50_paper | 32.64 | 32.642 |" in text
+    assert (tmp_path / "docs" / "img" / "ablation_partial_ratio.png").stat().st_size > 0
+    assert (tmp_path / "docs" / "img" / "layer_macs.png").stat().st_size > 0

@@ -217,6 +217,8 @@ def plot_ablation(rows: list[AblationRow], path: Path) -> bool:
         ("CIO (M)", lambda p, r: p.cio / 1e6),
         ("latency (ms)", lambda p, r: r.latency_ms),
     ]
+    # Without timings (--quick) the latency panel would be empty.
+    metrics = [m for m in metrics if any(m[1](r.profile, r) is not None for r in rows if r.profile)]
     fig, axes = plt.subplots(
         len(families), len(metrics), figsize=(4 * len(metrics), 3.2 * len(families)), squeeze=False
     )
