@@ -23,6 +23,10 @@ from cspnet.profiling.profiler import ModelProfile, profile
 
 PARTIAL_RATIOS = (0.25, 0.5, 0.75)
 
+# Latency is timed on one intra-op thread: on a small shared machine, several spin-waiting threads
+# make timings vary tenfold between runs (measured: DenseNet-201 0.28 s on 1 thread, 1.6-17 s on 2).
+LATENCY_THREADS = 1
+
 # Published cost keys of ModelEntry.published -> (our value from a profile, in the published unit; label).
 PUBLISHED_METRICS: dict[str, tuple[Callable[[ModelProfile], float], str]] = {
     "params": (lambda p: p.params / 1e6, "params (M)"),
@@ -131,7 +135,7 @@ def run_ablation(quick: bool, log: Callable[[str], None]) -> list[AblationRow]:
                 latency = None
                 if not quick:
                     model = create_model(model_name, **overrides)
-                    latency = measure_latency(model, side, warmup=2, iters=5)
+                    latency = measure_latency(model, side, warmup=2, iters=5, threads=LATENCY_THREADS)
                 rows.append(AblationRow(family, model_name, ratio, fusion, p, latency))
             except ValueError as exc:  # a combination the config rejects (e.g. a bypass as wide as the stage)
                 rows.append(AblationRow(family, model_name, ratio, fusion, None, None, str(exc)))
@@ -145,7 +149,8 @@ def ablation_section(rows: list[AblationRow], plot: str | None) -> list[str]:
         "gamma (`partial_ratio`) is the fraction of each stage's input that bypasses the blocks; "
         "fusion is the partial transition of the paper's Figure 3 (`csp`: T, concat, U; `fusion_first`: "
         "concat, U; `fusion_last`: T, concat). Differences are against the family's baseline (no CSP). "
-        "Latency: median of 5 timed batch-1 forward passes after 2 warm-up passes, CPU, eval mode.",
+        f"Latency: median of 5 timed batch-1 forward passes after 2 warm-up passes, CPU, eval mode, "
+        f"{LATENCY_THREADS} intra-op thread(s).",
         "",
     ]
     table: list[list[str]] = []
