@@ -6,6 +6,7 @@
 torch.Size([2, 10])
 """
 
+from cspnet import profiling
 from cspnet.convert import CheckpointError
 from cspnet.models import (
     Backbone,
@@ -16,6 +17,7 @@ from cspnet.models import (
     get_model_entry,
     list_models,
 )
+from cspnet.profiling import ModelProfile, profile
 
 __version__ = "0.1.0"
 
@@ -24,9 +26,12 @@ __all__ = [
     "CheckpointError",
     "FeatureExtractor",
     "FeatureInfo",
+    "ModelProfile",
     "UnknownModelError",
     "__version__",
     "create_model",
     "get_model_entry",
     "list_models",
+    "profile",
+    "profiling",
 ]
