@@ -1,0 +1,55 @@
+"""The embedded data set: scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes).
+
+Nothing is downloaded: the images ship inside scikit-learn. They are upsampled (bilinear) to the
+requested side, replicated to 3 channels and stored as uint8 like decoded photos, so the training
+code treats them exactly as a folder of images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+DIGITS_VAL_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0  # fixed: the held-out split never depends on the training seed
+
+
+class TensorImages(Dataset):
+    """In-memory ``uint8 (N, 3, H, W)`` images with integer labels and class names."""
+
+    def __init__(self, images: Tensor, targets: Tensor, classes: list[str]) -> None:
+        self.images, self.targets, self.classes = images, targets, classes
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.images[i], int(self.targets[i])
+
+
+def digits_images(img_size: int) -> tuple[Tensor, Tensor]:
+    """All 1,797 digits as ``uint8 (N, 3, img_size, img_size)`` and their labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # pixel values are 0..16
+    if img_size != x.shape[-1]:
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    return x, torch.from_numpy(bunch.target.astype(np.int64))
+
+
+def load_digits_split(img_size: int = 16) -> tuple[TensorImages, TensorImages]:
+    """The digits split into 1,437 training and 360 held-out images (stratified, fixed seed)."""
+    from cspnet.data.folder import _split_indices
+
+    images, targets = digits_images(img_size)
+    train_idx, val_idx = _split_indices(targets.tolist(), DIGITS_VAL_FRACTION, DIGITS_SPLIT_SEED)
+    classes = [str(i) for i in range(10)]
+    return (
+        TensorImages(images[train_idx], targets[train_idx], classes),
+        TensorImages(images[val_idx], targets[val_idx], classes),
+    )

@@ -1,0 +1,153 @@
+"""The LightningModule: a registered model, its loss, metrics, optimizer, schedule and EMA."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor
+
+from cspnet.data.transforms import BatchAugment, MixupCutmix, Normalize
+from cspnet.training.config import TrainConfig
+from cspnet.training.ema import ModelEma
+from cspnet.training.schedule import WarmupCosine
+
+# Step seeds: seed * _SEED_STRIDE + step * world + rank never collide for runs under 100k steps.
+_SEED_STRIDE = 1_000_003
+
+
+class ClassifierModule(L.LightningModule):
+    """Trains ``cspnet.create_model(model, num_classes, **model_overrides)`` on uint8 image batches.
+
+    Hyper-parameters (saved in every checkpoint, so ``eval`` and ``predict`` need nothing else):
+    ``model_name``, ``model_overrides``, ``num_classes``, ``class_names``, ``img_size``, ``mean``,
+    ``std`` and the whole resolved ``train_config``.
+
+    Randomness (augmentation, mixup, dropout) is re-seeded from ``(seed, global step, rank)`` at
+    every step, so a run resumed from a mid-epoch checkpoint draws exactly what an uninterrupted
+    run would.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        model_overrides: dict[str, Any],
+        num_classes: int,
+        class_names: list[str],
+        img_size: int,
+        mean: list[float],
+        std: list[float],
+        train_config: dict[str, Any],
+        steps_per_epoch: int,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        from cspnet import create_model
+
+        cfg = TrainConfig.from_dict(train_config)
+        self.cfg = cfg
+        self.model = create_model(model_name, num_classes=num_classes, **model_overrides)
+        if cfg.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.normalize = Normalize(mean, std)
+        self.augment = BatchAugment(img_size, (cfg.crop_scale or 1.0, 1.0), cfg.hflip or 0.0, cfg.jitter)
+        self.mix = MixupCutmix(num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing)
+        self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema else None
+        self.steps_per_epoch = steps_per_epoch
+        top5 = min(5, num_classes)
+        self.val_top1 = torchmetrics.Accuracy("multiclass", num_classes=num_classes, top_k=1)
+        self.val_top5 = torchmetrics.Accuracy("multiclass", num_classes=num_classes, top_k=top5)
+        self.val_loss = torchmetrics.MeanMetric()
+        self.train_loss = torchmetrics.MeanMetric()
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _prepare(self, images: Tensor, augment: bool) -> Tensor:
+        x = images.float() / 255.0
+        if augment:
+            x = self.augment(x)
+        x = self.normalize(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def inference_model(self) -> torch.nn.Module:
+        """The weights to evaluate and ship: the EMA when enabled, else the trained model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # -- training ----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.module.to(self.device)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seed = self.cfg.seed * _SEED_STRIDE + self.global_step * self.trainer.world_size + self.global_rank
+        torch.manual_seed(seed)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, targets = batch
+        x, soft = self.mix(self._prepare(images, augment=True), targets)
+        logits = self.model(x)
+        loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=1), dim=1).mean()
+        self.train_loss.update(loss.detach())
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/epoch_loss", self.train_loss.compute(), sync_dist=True)
+        self.train_loss.reset()
+
+    # -- validation --------------------------------------------------------------------------
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, targets = batch
+        logits = self.inference_model()(self._prepare(images, augment=False)).float()
+        self.val_loss.update(F.cross_entropy(logits, targets, reduction="none"))
+        self.val_top1.update(logits, targets)
+        self.val_top5.update(logits, targets)
+
+    def on_validation_epoch_end(self) -> None:
+        # Percent, like the paper; torchmetrics syncs the counts over processes.
+        self.log("val/top1", self.val_top1.compute() * 100, sync_dist=False, prog_bar=True)
+        self.log("val/top5", self.val_top5.compute() * 100, sync_dist=False)
+        self.log("val/loss", self.val_loss.compute(), sync_dist=False, prog_bar=True)
+        for metric in (self.val_top1, self.val_top5, self.val_loss):
+            metric.reset()
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        cfg = self.cfg
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        total = self.steps_per_epoch * cfg.epochs
+        warmup = min(total, math.ceil(self.steps_per_epoch * cfg.warmup_epochs))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, cfg.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            checkpoint["ema_state_dict"] = self.ema.state_dict()
+        # Where the data stands: batches of this epoch already trained (see ResumableSampler).
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        checkpoint["cspnet_position"] = {"epoch": self.current_epoch, "batches": progress.processed}
+        for key in ("model_name", "model_overrides", "num_classes", "class_names", "img_size", "mean", "std"):
+            checkpoint[key] = self.hparams[key]  # top level too: readable without Lightning
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None and "ema_state_dict" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema_state_dict"])
+        self.resume_position = checkpoint.get("cspnet_position")
