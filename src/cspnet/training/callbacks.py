@@ -59,7 +59,7 @@ class RunCheckpoints(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            trainer.save_checkpoint(self.folder / "last.ckpt")
+            trainer.save_checkpoint(self.folder / "last.ckpt", weights_only=False)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -67,8 +67,8 @@ class RunCheckpoints(L.Callback):
         top1 = float(trainer.callback_metrics.get("val/top1", -math.inf))
         if top1 > self.best:
             self.best = top1
-            trainer.save_checkpoint(self.folder / "best.ckpt")
-        trainer.save_checkpoint(self.folder / "last.ckpt")
+            trainer.save_checkpoint(self.folder / "best.ckpt", weights_only=False)
+        trainer.save_checkpoint(self.folder / "last.ckpt", weights_only=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}

@@ -97,7 +97,10 @@ class ClassifierModule(L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, not in on_train_batch_end: callbacks (the periodic checkpoint) run before the
+        # module's on_train_batch_end, and the checkpoint must hold the EMA of this very step.
         if self.ema is not None:
             self.ema.update(self.model)
 
