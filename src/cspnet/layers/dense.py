@@ -1,6 +1,13 @@
-"""Dense layers and dense blocks (Huang et al., DenseNet), pre-activation as in torchvision."""
+"""Dense layers and dense blocks (Huang et al., DenseNet), pre-activation as in torchvision.
+
+:class:`DenseBlock` owns the dense connectivity (every layer reads the list of all earlier feature
+maps; the block returns their concatenation); what one layer computes is pluggable through
+``make_layer``, so PeleeNet's two-way dense layer (:mod:`cspnet.layers.pelee`) reuses the block.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -51,8 +58,17 @@ class DenseLayer(nn.Module):
         return checkpoint(lambda *f: self.bottleneck(list(f)), *features, use_reentrant=False)
 
 
+DenseLayerFactory = Callable[[int, float], nn.Module]
+"""``make_layer(in_chs, drop_path_rate) -> layer``: a module mapping the list of the block's feature
+maps so far (``in_chs`` channels in all) to ``growth_rate`` new channels."""
+
+
 class DenseBlock(nn.ModuleList):
     """``num_layers`` dense layers; the output concatenates the input and every layer's features.
+
+    Layer ``i`` is ``make_layer(in_chs + i * growth_rate, drop_path_rates[i])``; without
+    ``make_layer`` it is torchvision's :class:`DenseLayer` (``bn_size``, ``act`` and
+    ``memory_efficient`` only configure that default layer).
 
     >>> import torch
     >>> block = DenseBlock(16, num_layers=3, growth_rate=12)
@@ -69,12 +85,15 @@ class DenseBlock(nn.ModuleList):
         act: str = "relu",
         drop_path_rates: list[float] | None = None,
         memory_efficient: bool = False,
+        make_layer: DenseLayerFactory | None = None,
     ) -> None:
         rates = drop_path_rates or [0.0] * num_layers
-        super().__init__(
-            DenseLayer(in_chs + i * growth_rate, growth_rate, bn_size, act, rates[i], memory_efficient)
-            for i in range(num_layers)
-        )
+        if make_layer is None:
+
+            def make_layer(chs: int, rate: float) -> nn.Module:
+                return DenseLayer(chs, growth_rate, bn_size, act, rate, memory_efficient)
+
+        super().__init__(make_layer(in_chs + i * growth_rate, rates[i]) for i in range(num_layers))
         self.out_chs = in_chs + num_layers * growth_rate
         self.grad_checkpointing = False
 

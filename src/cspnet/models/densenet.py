@@ -7,7 +7,8 @@ feature map sits at the stage's own resolution (strides 4, 8, 16, 32) and the ar
 torchvision's. With ``partial_ratio > 0`` (the paper's gamma) the first ``gamma * C`` channels of
 the stage input bypass the dense block and meet it at the partial transition chosen by ``fusion``.
 
-Choices the paper leaves open (documented in ``docs/cspdensenet.md``), all config fields:
+The CSP stage construction is shared with CSPPeleeNet (:mod:`cspnet.models.dense_stage`). Choices the
+paper leaves open (documented in ``docs/cspdensenet.md``), all config fields:
 
 * ``transition_b_ratio`` (width of T): by default the width that makes ``[bypass, T]`` exactly as
   wide as DenseNet's stage output, so all three fusion strategies keep DenseNet's stage widths and
@@ -29,26 +30,18 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cspnet.layers import (
-    FUSIONS,
-    BatchNormAct2d,
-    ConvNormAct,
-    CrossStagePartial,
-    DenseBlock,
-    NormActConv,
-    drop_path_rates,
-    split_channels,
-)
+from cspnet.layers import BatchNormAct2d, ConvNormAct, DenseBlock, NormActConv, drop_path_rates
 from cspnet.models.backbone import Backbone, FeatureInfo, init_weights
 from cspnet.models.config import ModelConfig, bounded, one_of, positive_ints
+from cspnet.models.dense_stage import CSPStageFields, build_csp_dense_stages
 from cspnet.models.registry import ModelEntry, register_model
 
 TORCHVISION_URL = "https://download.pytorch.org/models/{}.pth"
 
 
 @dataclass(frozen=True)
-class DenseNetConfig(ModelConfig):
-    """DenseNet / CSPDenseNet hyper-parameters (defaults: DenseNet-121)."""
+class DenseNetConfig(CSPStageFields, ModelConfig):
+    """DenseNet / CSPDenseNet hyper-parameters (defaults: DenseNet-121); CSP fields from :class:`CSPStageFields`."""
 
     growth_rate: int = bounded(32, 1, integer=True, doc="k: channels each dense layer adds")
     block_config: tuple[int, ...] = positive_ints((6, 12, 24, 16), doc="dense layers per stage")
@@ -56,17 +49,6 @@ class DenseNetConfig(ModelConfig):
     bn_size: int = bounded(4, 1, integer=True, doc="bottleneck width of a dense layer, in multiples of k")
     compression: float = bounded(0.5, 0.0, 1.0, low_open=True, doc="transition width / its input width")
     small_input: bool = one_of(False, (False, True), doc="3x3 stride-1 stem, no stem pool (32x32 images)")
-    partial_ratio: float = bounded(
-        0.0, 0.0, 1.0, high_open=True, doc="gamma: fraction of each stage's input that bypasses the dense block"
-    )
-    fusion: str = one_of("csp", FUSIONS, doc="partial transition: csp (T, concat, U), fusion_first, fusion_last")
-    transition_b_ratio: float | None = bounded(
-        None, 0.0, 1.0, low_open=True, optional=True, doc="width of T / dense-path width (None: fill the stage width)"
-    )
-    transition_pool: str = one_of("after", ("after", "before"), doc="2x2 pool after the transition or before U")
-    last_stage_transition: bool = one_of(
-        False, (False, True), doc="give the last CSP stage a partial transition (DenseNet's last stage has none)"
-    )
     memory_efficient: bool = one_of(False, (False, True), doc="recompute concat + bottleneck in backward")
 
     def check(self) -> None:
@@ -87,63 +69,30 @@ def build_densenet(cfg: DenseNetConfig, num_classes: int = 1000, in_chans: int =
     stem, stride, stem_pool = _stem(cfg, in_chans)
     feature_info = FeatureInfo([{"num_chs": cfg.stem_chs, "reduction": stride, "module": "stem"}])
     rates = drop_path_rates(cfg.drop_path_rate, cfg.block_config)
-    k, chs = cfg.growth_rate, cfg.stem_chs
-    pool_after = cfg.transition_pool == "after"
-    stages: list[nn.Module] = []
-    for i, num_layers in enumerate(cfg.block_config):
-        last = i == len(cfg.block_config) - 1
-        if i == 0:
-            down = stem_pool
-        else:
-            down = nn.AvgPool2d(2, stride=2) if pool_after else None
-        stride *= 2 if down is not None else 1
+    last = len(cfg.block_config) - 1
 
-        bypass, dense_in = split_channels(chs, cfg.partial_ratio)
-        blocks = DenseBlock(dense_in, num_layers, k, cfg.bn_size, cfg.act, rates[i], cfg.memory_efficient)
-        dense_width = chs + num_layers * k  # DenseNet's width at the end of this dense block
-        out = dense_width if last else int(dense_width * cfg.compression)
-
-        conv_t_b = conv_t = None
-        if bypass == 0:
-            if not last:
-                conv_t = NormActConv(blocks.out_chs, out, act=cfg.act)
-        elif last and not cfg.last_stage_transition:
-            out = bypass + blocks.out_chs  # the bypass joins the dense output by concatenation alone
-        else:
-            if cfg.fusion in ("csp", "fusion_last"):
-                if cfg.transition_b_ratio is None:
-                    t_chs = out - bypass
-                    if t_chs < 1:
-                        raise ValueError(
-                            f"partial_ratio={cfg.partial_ratio} is too large for stage {i}: the bypass "
-                            f"({bypass} channels) is as wide as the stage output ({out}); lower partial_ratio "
-                            "or set transition_b_ratio"
-                        )
-                else:
-                    t_chs = max(1, int(round(blocks.out_chs * cfg.transition_b_ratio)))
-                conv_t_b = NormActConv(blocks.out_chs, t_chs, act=cfg.act)
-                cat_chs = bypass + t_chs
-            else:
-                cat_chs = bypass + blocks.out_chs
-            if cfg.fusion in ("csp", "fusion_first"):
-                conv_t = NormActConv(cat_chs, out, act=cfg.act)
-            else:
-                out = cat_chs
-        fusion_pool = None if (pool_after or last) else nn.AvgPool2d(2, stride=2)
-        stages.append(
-            CrossStagePartial(
-                blocks,
-                bypass_chs=bypass,
-                down=down,
-                conv_transition_b=conv_t_b,
-                conv_transition=conv_t,
-                fusion_pool=fusion_pool,
-            )
+    def make_block(i: int, in_chs: int) -> DenseBlock:
+        return DenseBlock(
+            in_chs, cfg.block_config[i], cfg.growth_rate, cfg.bn_size, cfg.act, rates[i], cfg.memory_efficient
         )
-        stride *= 2 if fusion_pool is not None else 1
-        feature_info.append({"num_chs": out, "reduction": stride, "module": f"stages.{i}"})
-        chs = out
 
+    def transition_width(i: int, dense_width: int) -> int | None:
+        return None if i == last else int(dense_width * cfg.compression)  # DenseNet's last stage has none
+
+    def make_transition(in_chs: int, out_chs: int) -> nn.Module:
+        return NormActConv(in_chs, out_chs, act=cfg.act)
+
+    stages, chs = build_csp_dense_stages(
+        cfg,
+        len(cfg.block_config),
+        cfg.stem_chs,
+        make_block,
+        transition_width,
+        make_transition,
+        lambda: nn.AvgPool2d(2, stride=2),
+        feature_info,
+        first_down=stem_pool,
+    )
     model = Backbone(stem, stages, feature_info, num_classes, cfg.drop_rate, BatchNormAct2d(chs, act=cfg.act))
     init_weights(model)
     return model
