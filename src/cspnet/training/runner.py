@@ -55,6 +55,9 @@ def fit(config: TrainConfig, callbacks: Sequence[Any] = (), verbose: bool = True
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    if not log.isEnabledFor(logging.INFO):  # `cspnet -v` keeps Lightning's banner
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
     from cspnet import create_model, get_model_entry
     from cspnet.training.callbacks import AtomicCheckpointIO, History, RunCheckpoints, plot_history
     from cspnet.training.datamodule import ImageDataModule, load_datasets, normalization, steps_per_epoch
@@ -126,6 +129,7 @@ def fit(config: TrainConfig, callbacks: Sequence[Any] = (), verbose: bool = True
         # The "dataloader is not resumable" notice: our sampler resumes from the module's checkpoint state.
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.resume else None)
     if trainer.interrupted:
         raise KeyboardInterrupt

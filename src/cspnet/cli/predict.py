@@ -1,0 +1,68 @@
+"""``cspnet predict IMAGE... --checkpoint C [--topk K]``: the most likely classes of each image.
+
+The model is rebuilt from the checkpoint (class names included) and folded for inference
+(``cspnet.export.optimize_for_inference``: conv/BN folding, channels-last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify images with a `cspnet train` checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="last.ckpt / best.ckpt of `cspnet train`")
+    p.add_argument("--topk", type=int, default=3, help="classes shown per image (default 3)")
+    p.add_argument("--model", help="fail unless the checkpoint holds this model")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    import torch
+
+    from cspnet.cli.main import CLIError
+    from cspnet.data import read_image
+    from cspnet.export import optimize_for_inference
+    from cspnet.training import load_trained
+
+    if args.topk < 1:
+        raise CLIError(f"--topk {args.topk} is invalid: expected a positive integer")
+    trained = load_trained(args.checkpoint, expected_model=args.model)
+    model = optimize_for_inference(trained.model)
+    images, names, failed = [], [], []
+    for path in args.images:
+        try:
+            images.append(read_image(path, trained.img_size))
+            names.append(path)
+        except (ValueError, OSError) as exc:
+            failed.append(path)
+            log.warning("skipped %s", exc)
+    if not images:
+        raise CLIError(f"none of the {len(args.images)} image(s) can be read (first: {failed[0]})")
+    if failed:
+        print(f"cspnet predict: warning: skipped {len(failed)} unreadable image(s): {', '.join(failed[:3])}",
+              file=sys.stderr)
+    k = min(args.topk, len(trained.class_names))
+    x = trained.preprocess(torch.stack(images)).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        probs = model(x).float().softmax(dim=1)
+    top = probs.topk(k, dim=1)
+    results = [
+        {"image": name, "predictions": [{"label": trained.class_names[int(i)], "probability": round(float(p), 6)}
+                                        for p, i in zip(values, indices)]}
+        for name, values, indices in zip(names, top.values, top.indices)
+    ]  # fmt: skip
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['image']}: " + ", ".join(f"{p['label']} {100 * p['probability']:.1f}%" for p in r["predictions"]))
+    return 0
