@@ -3,7 +3,7 @@
 >>> from cspnet.data import load_digits_split
 >>> train, val = load_digits_split(img_size=16)
 >>> len(train), len(val), tuple(train[0][0].shape), train.classes[:3]
-(1437, 360, (3, 16, 16), ['0', '1', '2'])
+(1438, 359, (3, 16, 16), ['0', '1', '2'])
 """
 
 from cspnet.data.digits import load_digits_split

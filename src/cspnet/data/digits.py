@@ -43,7 +43,7 @@ def digits_images(img_size: int) -> tuple[Tensor, Tensor]:
 
 
 def load_digits_split(img_size: int = 16) -> tuple[TensorImages, TensorImages]:
-    """The digits split into 1,437 training and 360 held-out images (stratified, fixed seed)."""
+    """The digits split into 1,438 training and 359 held-out images (stratified, fixed seed)."""
     from cspnet.data.folder import _split_indices
 
     images, targets = digits_images(img_size)
