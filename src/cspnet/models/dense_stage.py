@@ -20,7 +20,8 @@ stage's output width: its transition's, or ``C + n * k`` where it has no transit
 * ``transition_pool="after"`` pools after U (it opens the next stage, as the baseline's pool
   does); ``"before"`` pools between the concatenation and U so U runs on a quarter of the pixels;
 * the last stage: if ``last_stage_transition`` is false, ``x'`` joins the dense output by
-  concatenation alone (width ``C + n * k``).
+  concatenation alone (width ``C + n * k``), whether or not the baseline's last stage has a
+  transition; if true, it gets the partial transition of ``fusion`` with U to ``W``.
 
 With ``partial_ratio=0`` the stage is the baseline's own stage (``down -> dense block ->
 transition``), so one builder makes both networks.
@@ -75,6 +76,7 @@ def build_csp_dense_stage(
     transition_width: TransitionWidth,
     make_transition: TransitionFactory,
     *,
+    last: bool = False,
     down: nn.Module | None = None,
     fusion_pool: nn.Module | None = None,
 ) -> tuple[CrossStagePartial, int]:
@@ -85,6 +87,7 @@ def build_csp_dense_stage(
         index: the stage's index (passed to the factories; names the stage in errors).
         in_chs: the stage's input width, after ``down``.
         make_block / transition_width / make_transition: the family's parts (see their aliases).
+        last: this is the network's last stage (``cfg.last_stage_transition`` applies).
         down: what opens the stage (the previous transition's pool, a stem pool) or ``None``.
         fusion_pool: the pool to run between the concatenation and U (``transition_pool="before"``)
             or ``None``. It closes a plain stage after T, before the transition conv.
@@ -106,7 +109,7 @@ def build_csp_dense_stage(
     if bypass == 0:  # the baseline stage
         if baseline_width is not None:
             conv_t = make_transition(blocks.out_chs, out)
-    elif baseline_width is None and not cfg.last_stage_transition:
+    elif last and not cfg.last_stage_transition:
         out = bypass + blocks.out_chs  # the bypass joins the dense output by concatenation alone
     else:
         if cfg.fusion in ("csp", "fusion_last"):
@@ -182,7 +185,7 @@ def build_csp_dense_stages(
             down = make_pool() if pool_after else None
         fusion_pool = None if (pool_after or last) else make_pool()
         stage, chs = build_csp_dense_stage(
-            cfg, i, chs, make_block, transition_width, make_transition, down=down, fusion_pool=fusion_pool
+            cfg, i, chs, make_block, transition_width, make_transition, last=last, down=down, fusion_pool=fusion_pool
         )
         stride *= (2 if down is not None else 1) * (2 if fusion_pool is not None else 1)
         stages.append(stage)
