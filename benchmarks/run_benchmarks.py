@@ -85,7 +85,7 @@ def _run(specs: list[BenchSpec]) -> list[dict[str, Any]]:
 
 def measure_targets() -> None:
     specs = [
-        BenchSpec(model=name, img_size=size, batch_size=16, **setup)
+        BenchSpec(model=name, img_size=size, batch_size=16, warmup=1, min_steps=3, min_seconds=2.0, **setup)
         for name, size in TARGET_SIZES.items()
         for setup in TARGET_SETUPS
     ]
@@ -95,7 +95,11 @@ def measure_targets() -> None:
 def measure_pair() -> None:
     from cspnet.profiling import profile
 
-    specs = [BenchSpec(model=name, img_size=224, batch_size=16, mode=mode) for name in PAIR for mode in ("inference", "train")]
+    specs = [
+        BenchSpec(model=name, img_size=224, batch_size=16, mode=mode, warmup=1, min_steps=3, min_seconds=0.0)
+        for name in PAIR
+        for mode in ("inference", "train")
+    ]
     results = _run(specs)
     for r in results:
         p = profile(r["model"], 224)

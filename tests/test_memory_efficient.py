@@ -23,7 +23,7 @@ def _train_step(name: str, memory_efficient: bool, x: torch.Tensor) -> tuple[tor
 
 @pytest.mark.parametrize("name", ["densenet_bc100", "cspdensenet_bc100"])
 def test_memory_efficient_outputs_and_gradients_match(name: str) -> None:
-    x = torch.randn(4, 3, 32, 32)
+    x = torch.randn(4, 3, 16, 16)
     out, grads, _ = _train_step(name, False, x)
     out_me, grads_me, _ = _train_step(name, True, x)
     torch.testing.assert_close(out_me, out, rtol=1e-5, atol=1e-6)
@@ -40,7 +40,7 @@ def test_memory_efficient_outputs_and_gradients_match(name: str) -> None:
 @pytest.mark.parametrize("name", ["densenet_bc100", "cspdensenet_bc100"])
 def test_memory_efficient_updates_norm_statistics_once(name: str) -> None:
     # Recomputing the bottleneck in the backward pass must not run the BN statistics update again.
-    x = torch.randn(4, 3, 32, 32)
+    x = torch.randn(4, 3, 16, 16)
     _, _, buffers = _train_step(name, False, x)
     _, _, buffers_me = _train_step(name, True, x)
     for key in buffers:
@@ -52,6 +52,6 @@ def test_memory_efficient_is_only_a_training_change() -> None:
     model = cspnet.create_model("cspdensenet_bc100", num_classes=5, **SMALL).eval()
     efficient = cspnet.create_model("cspdensenet_bc100", num_classes=5, memory_efficient=True, **SMALL).eval()
     efficient.load_state_dict(model.state_dict())
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(efficient(x), model(x))
