@@ -77,7 +77,7 @@ def test_cli_export_reads_model_and_classes_from_a_training_checkpoint(tmp_path:
         {
             "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
             "hyper_parameters": {"model_name": "cspdensenet_bc100", "num_classes": 7,
-                                 "model_overrides": {"partial_ratio": 0.25}},
+                                 "model_overrides": {"partial_ratio": 0.25}, "img_size": 32},
         },
         ckpt,
     )  # fmt: skip

@@ -55,7 +55,7 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     Reads ``torch.save`` files with ``weights_only=True`` (no code runs) and the ``__metadata__`` of
     ``.safetensors`` files. Keys are looked up at the top level and in Lightning's
     ``hyper_parameters`` (and similar) sections: ``model_name``/``model``/``arch``, ``num_classes``,
-    ``model_overrides``/``overrides``.
+    ``model_overrides``/``overrides``, ``img_size`` (``cspnet train`` writes them at the top level).
     """
     import torch
 
@@ -84,8 +84,9 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
         for key in _NAME_KEYS:
             if isinstance(section.get(key), str) and "name" not in found:
                 found["name"] = section[key]
-        if "num_classes" not in found and section.get("num_classes") is not None:
-            found["num_classes"] = int(section["num_classes"])
+        for key in ("num_classes", "img_size"):
+            if key not in found and isinstance(section.get(key), (int, str)) and str(section[key]).isdigit():
+                found[key] = int(section[key])
         for key in _OVERRIDE_KEYS:
             if isinstance(section.get(key), dict) and "overrides" not in found:
                 found["overrides"] = dict(section[key])
@@ -108,7 +109,7 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
     model = create_model(
         name, pretrained=args.checkpoint or False, num_classes=num_classes, **meta.get("overrides", {})
     )
-    img_size = args.img_size if args.img_size is not None else entry.input_size[-1]
+    img_size = args.img_size if args.img_size is not None else meta.get("img_size", entry.input_size[-1])
     if img_size < 1:
         raise CLIError(f"--img-size {img_size} is invalid: expected a positive integer")
     return model, img_size
