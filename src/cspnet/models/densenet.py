@@ -129,12 +129,14 @@ for _name, (_k, _blocks, _stem_chs, _weights, _params, _gmacs) in _IMAGENET.item
             f"CSPDenseNet-{_depth}: DenseNet-{_depth} with cross stage partial stages (gamma 0.5, fusion csp)",
         )
 
-# DenseNet-BC (k=12, depth 100: three stages of 16 layers) for ~32x32 images, and its CSP twin.
-_BC100 = DenseNetConfig(growth_rate=12, block_config=(16, 16, 16), stem_chs=24, small_input=True)
-_register("densenet_bc100", _BC100, "DenseNet-BC-100 (k=12) for ~32x32 inputs", input_size=(3, 32, 32))
-_register(
-    "cspdensenet_bc100",
-    _BC100.replace(partial_ratio=0.5),
-    "CSPDenseNet-BC-100 (k=12, gamma 0.5) for ~32x32 inputs",
-    input_size=(3, 32, 32),
-)
+# DenseNet-BC (k=12) for ~32x32 images and their CSP twins: depth 100 (three stages of 16 layers,
+# the paper's CIFAR model) and depth 40 (6 layers a stage: what the embedded digits need on a CPU).
+for _depth, _layers in ((100, 16), (40, 6)):
+    _bc = DenseNetConfig(growth_rate=12, block_config=(_layers,) * 3, stem_chs=24, small_input=True)
+    _register(f"densenet_bc{_depth}", _bc, f"DenseNet-BC-{_depth} (k=12) for ~32x32 inputs", input_size=(3, 32, 32))
+    _register(
+        f"cspdensenet_bc{_depth}",
+        _bc.replace(partial_ratio=0.5),
+        f"CSPDenseNet-BC-{_depth} (k=12, gamma 0.5) for ~32x32 inputs",
+        input_size=(3, 32, 32),
+    )
