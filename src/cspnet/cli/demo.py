@@ -11,7 +11,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from cspnet.cli.train import add_training_arguments, parse_overrides
+from cspnet.cli.options import add_config_overrides, parse_overrides
+from cspnet.cli.train import add_training_arguments
 from cspnet.training.config import DEFAULT_MODEL
 
 DEMO_EPOCHS = 6
@@ -21,9 +22,8 @@ DEMO_MODELS = (DEFAULT_MODEL, DEFAULT_MODEL.removeprefix("csp"))  # the CSP mode
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train a CSPDenseNet and its DenseNet twin on the digits, compare them")
     add_training_arguments(p)
+    add_config_overrides(p, help_suffix=" (applies to every model)")
     p.add_argument("--models", nargs="+", default=list(DEMO_MODELS), help="models to compare (default: %(default)s)")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="model config field applied to every model")
     p.add_argument("--output", default="runs/demo", help="one sub-folder per model (default runs/demo; replaced)")
     # Fewer epochs than `cspnet train`: two models must fit in ~10 minutes on 2 CPU cores.
     p.set_defaults(func=run, epochs=DEMO_EPOCHS)  # fmt: skip
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from cspnet.models.backbone import count_params
     from cspnet.training import TrainConfig, fit, load_trained
 
-    overrides = parse_overrides(args.override)
+    overrides = parse_overrides(args.overrides)  # applied to every compared model
     for name in args.models:
         get_model_entry(name)  # unknown names fail before any training
     rows = []

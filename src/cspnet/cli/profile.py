@@ -11,9 +11,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 from typing import Any
+
+from cspnet.cli.options import add_config_overrides, parse_overrides
 
 # (label, attribute, scale, format) of the totals printed in tables and comparisons.
 METRICS: tuple[tuple[str, str, float, str], ...] = (
@@ -51,38 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="profile several models side by side; differences are against the first",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        dest="overrides",
-        help="config override applied to every model, value parsed as a Python literal "
-        "(e.g. --set partial_ratio=0.25 --set fusion=fusion_last); repeatable",
-    )
+    add_config_overrides(p, help_suffix=" (applies to every compared model)")
     p.add_argument("--layers", action="store_true", help="also list every conv / fc / pooling layer")
     p.set_defaults(func=run)
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["partial_ratio=0.25", "fusion=fusion_last"]`` -> ``{"partial_ratio": 0.25, "fusion": "fusion_last"}``.
-
-    Values are Python literals; anything that is not one (a bare word) is taken as a string.
-
-    >>> parse_overrides(["partial_ratio=0.25", "fusion=fusion_last", "block_config=(6, 12)"])
-    {'partial_ratio': 0.25, 'fusion': 'fusion_last', 'block_config': (6, 12)}
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {item!r} is invalid: expected FIELD=VALUE, e.g. partial_ratio=0.25")
-        try:
-            value = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError):
-            value = text.strip()
-        out[key.strip()] = value
-    return out
 
 
 def _value(profile: Any, attr: str) -> float:

@@ -12,27 +12,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
+from cspnet.cli.options import add_config_overrides, parse_overrides
 from cspnet.training.config import DEFAULT_MODEL, OPTIMIZERS, PRECISIONS, TrainConfig
 
 _DEFAULTS = TrainConfig()
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; values are read as JSON when they parse (``block_config=[6,6,6]``)."""
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--override {item!r} is invalid: expected KEY=VALUE")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        overrides[key] = tuple(parsed) if isinstance(parsed, list) else parsed
-    return overrides
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,8 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (Lightning: CPU, GPUs, DDP, multi-node)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model (default {DEFAULT_MODEL})")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="model config field, e.g. --override partial_ratio=0.25 --override 'block_config=[6,6,6]'")
+    add_config_overrides(p)
     add_training_arguments(p)
     p.add_argument("--output", default=d.output, help=f"run folder (default {d.output})")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last.ckpt")
@@ -84,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=args.model,
-        model_overrides=parse_overrides(args.override),
+        model_overrides=parse_overrides(args.overrides),
         data=args.data,
         val_fraction=args.val_fraction,
         epochs=args.epochs,

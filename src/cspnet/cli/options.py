@@ -1,0 +1,43 @@
+"""Command-line options that several subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from typing import Any
+
+
+def add_config_overrides(parser: argparse.ArgumentParser, help_suffix: str = "") -> None:
+    """``--set FIELD=VALUE`` (repeatable; ``--override`` is an alias): model config overrides."""
+    parser.add_argument(
+        "--set",
+        "--override",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="overrides",
+        help="model config field, value read as a Python literal, e.g. --set partial_ratio=0.25 "
+        f"--set 'block_config=(6, 6, 6)'; repeatable{help_suffix}",
+    )
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["partial_ratio=0.25", "fusion=fusion_last"]`` -> ``{"partial_ratio": 0.25, "fusion": "fusion_last"}``.
+
+    Values are Python literals (lists become tuples, as config fields hold tuples); anything that
+    is not a literal (a bare word) is taken as a string.
+
+    >>> parse_overrides(["partial_ratio=0.25", "fusion=fusion_last", "block_config=[6, 12]"])
+    {'partial_ratio': 0.25, 'fusion': 'fusion_last', 'block_config': (6, 12)}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r} is invalid: expected FIELD=VALUE, e.g. partial_ratio=0.25")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
