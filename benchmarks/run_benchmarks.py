@@ -72,14 +72,15 @@ def _load(section: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _run(specs: list[BenchSpec]) -> list[dict[str, Any]]:
-    results = []
+def _run(specs: list[BenchSpec], section: str) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
     for spec in specs:
         before = os.getloadavg()[0]
         result = measure_isolated(spec)
         result["load_average"] = (before, os.getloadavg()[0])
         print(markdown_table([result]).splitlines()[-1], flush=True)
         results.append(result)
+        _save(section, results)  # after every row: an interrupted run keeps what it measured
     return results
 
 
@@ -89,22 +90,27 @@ def measure_targets() -> None:
         for name, size in TARGET_SIZES.items()
         for setup in TARGET_SETUPS
     ]
-    _save("targets", _run(specs))
+    _run(specs, "targets")
 
 
-def measure_pair() -> None:
-    from cspnet.profiling import profile
-
+def measure_pair(modes: tuple[str, ...] = ("inference", "train")) -> None:
     specs = [
         BenchSpec(model=name, img_size=224, batch_size=16, mode=mode, warmup=1, min_steps=3, min_seconds=0.0)
         for name in PAIR
-        for mode in ("inference", "train")
+        for mode in modes
     ]
-    results = _run(specs)
+    _save("pair", _add_costs(_run(specs, "pair")))
+
+
+def _add_costs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """MACs and CIO per image from cspnet.profiling, added to each result that lacks them."""
+    from cspnet.profiling import profile
+
     for r in results:
-        p = profile(r["model"], 224)
-        r["gmacs"], r["cio_m"] = p.macs / 1e9, p.cio / 1e6
-    _save("pair", results)
+        if "gmacs" not in r:
+            p = profile(r["model"], r["img_size"])
+            r["gmacs"], r["cio_m"] = p.macs / 1e9, p.cio / 1e6
+    return results
 
 
 def _machine_line(data: dict[str, Any]) -> str:
@@ -149,7 +155,8 @@ def render() -> str:
             out.append(f"- training throughput ratio: {speed:.2f}x; training peak memory ratio at batch 16: "
                        f"**{mem:.2f}x** (claim: <= 0.85x)")  # fmt: skip
         r0, r1 = rows.get((base, "inference")), rows.get((csp, "inference"))
-        if r0 and r1 and "gmacs" in r0:
+        if r0 and r1:
+            _add_costs([r0, r1])
             out.append(f"- MACs: {r0['gmacs']:.3f} G vs {r1['gmacs']:.3f} G ({r1['gmacs'] / r0['gmacs']:.2f}x); "
                        f"CIO: {r0['cio_m']:.1f} M vs {r1['cio_m']:.1f} M ({r1['cio_m'] / r0['cio_m']:.2f}x)")  # fmt: skip
         out += ["", f"1-minute load average before each row: {_loads(pair['results'])}.", ""]
@@ -171,10 +178,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("targets", "pair"), action="append")
     parser.add_argument("--render", action="store_true", help="only rebuild the doc from results/*.json")
+    parser.add_argument("--pair-modes", nargs="+", choices=("inference", "train"), default=["inference", "train"])
     args = parser.parse_args()
     if not args.render:
         for section in args.only or ("targets", "pair"):
-            {"targets": measure_targets, "pair": measure_pair}[section]()
+            if section == "targets":
+                measure_targets()
+            else:
+                measure_pair(tuple(args.pair_modes))
     DOC.parent.mkdir(exist_ok=True)
     generated = render()
     notes = HERE / "notes.md"  # hand-written analysis appended to the generated tables
