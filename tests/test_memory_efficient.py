@@ -32,11 +32,6 @@ def test_memory_efficient_outputs_and_gradients_match(name: str) -> None:
         torch.testing.assert_close(grads_me[key], grads[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
-@pytest.mark.xfail(
-    reason="layers/dense.py re-runs norm1 in training mode when the checkpoint recomputes the bottleneck, "
-    "so its running statistics are updated twice per step (fix proposed in the issue-6 report)",
-    strict=False,
-)
 @pytest.mark.parametrize("name", ["densenet_bc100", "cspdensenet_bc100"])
 def test_memory_efficient_updates_norm_statistics_once(name: str) -> None:
     # Recomputing the bottleneck in the backward pass must not run the BN statistics update again.

@@ -55,17 +55,22 @@ def test_features_agree_with_feature_info(name: str) -> None:
 def test_grad_checkpointing_gives_same_outputs_and_gradients(name: str) -> None:
     torch.manual_seed(0)
     model = cspnet.create_model(name, num_classes=5)
+    checkpointed = cspnet.create_model(name, num_classes=5)
+    checkpointed.load_state_dict(model.state_dict())
+    checkpointed.set_grad_checkpointing(True)
     x = small_input(name)
     reference = model(x)
     reference.square().sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    out = model(x)
+    out = checkpointed(x)
     out.square().sum().backward()
     torch.testing.assert_close(out, reference)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], msg=n)
+    grads = dict(model.named_parameters())
+    for n, p in checkpointed.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n].grad, msg=n)
+    # The recomputation in backward must not update batch-norm statistics a second time.
+    buffers = dict(model.named_buffers())
+    for n, b in checkpointed.named_buffers():
+        torch.testing.assert_close(b, buffers[n], msg=n)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -16,6 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cspnet import profiling  # noqa: E402
 from cspnet.convert import CheckpointError  # noqa: E402
+from cspnet.export import optimize_for_inference  # noqa: E402
 from cspnet.models import (  # noqa: E402
     Backbone,
     FeatureExtractor,
@@ -40,6 +41,7 @@ __all__ = [
     "create_model",
     "get_model_entry",
     "list_models",
+    "optimize_for_inference",
     "profile",
     "profiling",
 ]

@@ -29,7 +29,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+
+from cspnet.layers.checkpoint import checkpoint_once
 
 Fusion = Literal["csp", "fusion_first", "fusion_last"]
 FUSIONS: tuple[str, ...] = ("csp", "fusion_first", "fusion_last")
@@ -126,8 +127,8 @@ class CrossStagePartial(nn.Module):
         # any other stack (a dense block checkpoints its own layers) is checkpointed whole.
         if isinstance(self.blocks, nn.Sequential):
             for block in self.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint_once(block, block, x)
             return x
         if getattr(self.blocks, "grad_checkpointing", None) is not None:
             return self.blocks(x)
-        return checkpoint(self.blocks, x, use_reentrant=False)
+        return checkpoint_once(self.blocks, self.blocks, x)

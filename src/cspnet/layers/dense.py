@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
+from cspnet.layers.checkpoint import checkpoint_once
 from cspnet.layers.drop import DropPath
 from cspnet.layers.norm import BatchNormAct2d
 
@@ -55,7 +55,7 @@ class DenseLayer(nn.Module):
 
     @torch.jit.unused
     def _bottleneck_checkpointed(self, features: list[Tensor]) -> Tensor:
-        return checkpoint(lambda *f: self.bottleneck(list(f)), *features, use_reentrant=False)
+        return checkpoint_once(lambda *f: self.bottleneck(list(f)), self.norm1, *features)
 
 
 DenseLayerFactory = Callable[[int, float], nn.Module]
@@ -108,5 +108,5 @@ class DenseBlock(nn.ModuleList):
     @torch.jit.unused
     def _forward_checkpointed(self, features: list[Tensor]) -> Tensor:
         for layer in self:
-            features.append(checkpoint(lambda lyr, *f: lyr(list(f)), layer, *features, use_reentrant=False))
+            features.append(checkpoint_once(lambda *f, lyr=layer: lyr(list(f)), layer, *features))
         return torch.cat(features, 1)
