@@ -100,7 +100,7 @@ def test_train_on_a_folder_skips_unreadable_images(tmp_path, capsys):
         (["train", "--data", "{tmp}/noimages"], "has no images"),
         (["train", "--data", "{tmp}/unreadable"], "none of its 2 images can be read"),
         (["train", "--img-size", "0"], "--img-size 0 is invalid"),
-        (["train", "--img-size", "3"], "too small for cspdensenet_bc100"),
+        (["train", "--img-size", "3"], "too small for cspdensenet_bc40"),
         (["train", "--model", "nosuchnet"], "unknown model"),
         (["train", "--override", "partial_ratio=2"], "partial_ratio=2 is out of range"),
         (["eval", "--checkpoint", "{tmp}/missing.ckpt"], "checkpoint file not found"),

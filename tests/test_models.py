@@ -90,7 +90,9 @@ def test_channels_last_in_chans_and_drop_path(name: str) -> None:
     with torch.no_grad():
         eager = model(x)
         cl = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
-    torch.testing.assert_close(cl, eager, rtol=1e-4, atol=1e-5)
+    # Channels-last picks other conv kernels: compare relative to the output's scale (fp32 round-off
+    # grows with depth and with the large activations of untrained 53-layer nets).
+    torch.testing.assert_close(cl, eager, rtol=0, atol=1e-4 * eager.abs().max().item())
     model.train()
     assert model(x).shape == (2, 4)  # drop path active in training
 
