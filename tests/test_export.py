@@ -70,14 +70,18 @@ def test_cli_export_writes_and_checks_the_file(tmp_path: Path, capsys: pytest.Ca
     assert load_runner(out, "torchscript")(torch.randn(4, 3, 32, 32)).shape == (4, 3)
 
 
-def test_cli_export_reads_model_and_classes_from_a_training_checkpoint(tmp_path: Path) -> None:
-    model = cspnet.create_model("cspdensenet_bc100", num_classes=7, partial_ratio=0.25)
+def test_cli_export_reads_a_training_checkpoint_and_ships_its_ema_weights(tmp_path: Path) -> None:
+    # The fields `cspnet train` writes (training/callbacks.py): the model's identity at the top level,
+    # the trained weights under Lightning's "model." prefix and the EMA copy that eval/predict use.
+    trained = cspnet.create_model("cspdensenet_bc100", num_classes=7, partial_ratio=0.25)
+    ema = cspnet.create_model("cspdensenet_bc100", num_classes=7, partial_ratio=0.25)
     ckpt = tmp_path / "last.ckpt"
     torch.save(
         {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"model_name": "cspdensenet_bc100", "num_classes": 7,
-                                 "model_overrides": {"partial_ratio": 0.25}, "img_size": 32},
+            "model_name": "cspdensenet_bc100", "num_classes": 7, "model_overrides": {"partial_ratio": 0.25},
+            "class_names": [str(i) for i in range(7)], "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+            "state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()},
+            "ema_state_dict": {"module": ema.state_dict()},
         },
         ckpt,
     )  # fmt: skip
@@ -85,7 +89,7 @@ def test_cli_export_reads_model_and_classes_from_a_training_checkpoint(tmp_path:
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(out)]) == 0
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        expected = model.eval()(x)
+        expected = ema.eval()(x)
     torch.testing.assert_close(load_runner(out, "onnx")(x), expected, rtol=1e-4, atol=1e-3)
 
 

@@ -13,16 +13,9 @@ batch; the command fails if its outputs differ from PyTorch's by more than ``--t
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 DEFAULT_TOLERANCE = 1e-4
-
-# Where a training checkpoint may keep the model's identity: top level or one of these sections.
-_METADATA_SECTIONS = ("hyper_parameters", "hparams", "config", "meta", "metadata", "model_config")
-_NAME_KEYS = ("model_name", "model", "arch", "name")
-_OVERRIDE_KEYS = ("model_overrides", "overrides", "model_kwargs")
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -49,67 +42,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)  # fmt: skip
 
 
-def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """Model name, config overrides and class count stored in a training checkpoint (``{}`` if none).
-
-    Reads ``torch.save`` files with ``weights_only=True`` (no code runs) and the ``__metadata__`` of
-    ``.safetensors`` files. Keys are looked up at the top level and in Lightning's
-    ``hyper_parameters`` (and similar) sections: ``model_name``/``model``/``arch``, ``num_classes``,
-    ``model_overrides``/``overrides``, ``img_size`` (``cspnet train`` writes them at the top level).
-    """
-    import torch
-
-    from cspnet.convert import CheckpointError
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                obj: Any = dict(f.metadata() or {})
-        elif path.suffix.lower() == ".weights":
-            return {}
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(obj, dict):
-        return {}
-    sections = [obj] + [obj[k] for k in _METADATA_SECTIONS if isinstance(obj.get(k), dict)]
-    found: dict[str, Any] = {}
-    for section in sections:
-        for key in _NAME_KEYS:
-            if isinstance(section.get(key), str) and "name" not in found:
-                found["name"] = section[key]
-        for key in ("num_classes", "img_size"):
-            if key not in found and isinstance(section.get(key), (int, str)) and str(section[key]).isdigit():
-                found[key] = int(section[key])
-        for key in _OVERRIDE_KEYS:
-            if isinstance(section.get(key), dict) and "overrides" not in found:
-                found["overrides"] = dict(section[key])
-    return found
-
-
 def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
-    """The model named by ``args.model`` / the checkpoint, with its weights, and its input side."""
+    """The model to export, with its weights, and its input side.
+
+    A ``cspnet train`` checkpoint brings its model name, config overrides, classes, input size and
+    EMA weights (exactly what ``cspnet predict`` runs); any other weight file needs MODEL.
+    """
     from cspnet import create_model, get_model_entry
     from cspnet.cli.main import CLIError
+    from cspnet.training.runner import is_training_checkpoint, load_trained
 
-    meta = checkpoint_metadata(args.checkpoint) if args.checkpoint else {}
-    name = args.model or meta.get("name")
-    if not name:
-        raise CLIError("name the model (e.g. `cspnet export cspdarknet53 ...`): the checkpoint does not say which it is")
-    if args.model and meta.get("name") and meta["name"] != args.model:
-        raise CLIError(f"the checkpoint was trained as {meta['name']!r}, not {args.model!r}; drop MODEL or fix it")
-    entry = get_model_entry(name)
-    num_classes = args.num_classes if args.num_classes is not None else meta.get("num_classes", 1000)
-    model = create_model(
-        name, pretrained=args.checkpoint or False, num_classes=num_classes, **meta.get("overrides", {})
-    )
-    img_size = args.img_size if args.img_size is not None else meta.get("img_size", entry.input_size[-1])
+    if args.checkpoint and is_training_checkpoint(args.checkpoint):
+        trained = load_trained(args.checkpoint, expected_model=args.model)
+        if args.num_classes is not None and args.num_classes != len(trained.class_names):
+            raise CLIError(f"--num-classes {args.num_classes} contradicts the checkpoint's {len(trained.class_names)} classes")
+        model, default_size = trained.model, trained.img_size
+    else:
+        if not args.model:
+            raise CLIError("name the model (e.g. `cspnet export cspdarknet53 ...`): only `cspnet train` checkpoints say which it is")
+        num_classes = args.num_classes if args.num_classes is not None else 1000
+        model = create_model(args.model, pretrained=args.checkpoint or False, num_classes=num_classes)
+        default_size = get_model_entry(args.model).input_size[-1]
+    img_size = args.img_size if args.img_size is not None else default_size
     if img_size < 1:
         raise CLIError(f"--img-size {img_size} is invalid: expected a positive integer")
     return model, img_size

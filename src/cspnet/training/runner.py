@@ -168,6 +168,18 @@ class TrainedModel:
         return Normalize(self.mean, self.std)(images_uint8)
 
 
+def is_training_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a checkpoint written by ``cspnet train`` (it names its model and classes)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() in (".safetensors", ".weights"):
+        return False
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable or not a torch file: whoever loads it reports why
+        return False
+    return isinstance(ckpt, dict) and "model_name" in ckpt and "state_dict" in ckpt
+
+
 def load_trained(path: str | os.PathLike[str], expected_model: str | None = None, ema: bool = True) -> TrainedModel:
     """Rebuild the model a ``cspnet train`` checkpoint holds (EMA weights when it has them).
 
