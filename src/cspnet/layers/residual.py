@@ -43,9 +43,20 @@ def darknet_shortcut(out: Tensor, x: Tensor, chs: int, stride: int) -> Tensor:
 
 
 class _ResidualBlock(nn.Module):
-    """What both blocks share: the shortcut rule and stochastic depth on the residual branch."""
+    """What both blocks share: the arguments, the 1x1 that opens the branch (``conv1``, to
+    ``round(out_chs * bottle_ratio)`` channels), the shortcut rule and stochastic depth."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int, shortcut: str, drop_path: float) -> None:
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        bottle_ratio: float,
+        stride: int = 1,
+        groups: int = 1,
+        act: str = "relu",
+        shortcut: str = "identity",
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut={shortcut!r} is invalid: expected one of {', '.join(SHORTCUTS)}")
@@ -60,6 +71,8 @@ class _ResidualBlock(nn.Module):
         self.shortcut_chs = min(in_chs, out_chs)
         self.shortcut_stride = stride
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.mid_chs = int(round(out_chs * bottle_ratio))
+        self.conv1 = ConvNormAct(in_chs, self.mid_chs, 1, act=act)
 
     def extra_repr(self) -> str:
         if not self.partial_shortcut:
@@ -83,20 +96,10 @@ class BottleneckBlock(_ResidualBlock):
     torch.Size([1, 128, 8, 8])
     """
 
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        bottle_ratio: float = 0.25,
-        stride: int = 1,
-        groups: int = 1,
-        act: str = "relu",
-        shortcut: str = "identity",
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__(in_chs, out_chs, stride, shortcut, drop_path)
-        mid_chs = int(round(out_chs * bottle_ratio))
-        self.conv1 = ConvNormAct(in_chs, mid_chs, 1, act=act)
+    def __init__(self, in_chs: int, out_chs: int, bottle_ratio: float = 0.25, stride: int = 1, groups: int = 1,
+                 act: str = "relu", shortcut: str = "identity", drop_path: float = 0.0) -> None:  # fmt: skip
+        super().__init__(in_chs, out_chs, bottle_ratio, stride, groups, act, shortcut, drop_path)
+        mid_chs = self.mid_chs
         self.conv2 = ConvNormAct(mid_chs, mid_chs, 3, stride=stride, groups=groups, act=act)
         self.conv3 = ConvNormAct(mid_chs, out_chs, 1, act="linear")
         self.act3 = make_act(act)
@@ -115,21 +118,10 @@ class DarkBlock(_ResidualBlock):
     torch.Size([1, 64, 8, 8])
     """
 
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        bottle_ratio: float = 0.5,
-        stride: int = 1,
-        groups: int = 1,
-        act: str = "relu",
-        shortcut: str = "identity",
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__(in_chs, out_chs, stride, shortcut, drop_path)
-        mid_chs = int(round(out_chs * bottle_ratio))
-        self.conv1 = ConvNormAct(in_chs, mid_chs, 1, act=act)
-        self.conv2 = ConvNormAct(mid_chs, out_chs, 3, stride=stride, groups=groups, act=act)
+    def __init__(self, in_chs: int, out_chs: int, bottle_ratio: float = 0.5, stride: int = 1, groups: int = 1,
+                 act: str = "relu", shortcut: str = "identity", drop_path: float = 0.0) -> None:  # fmt: skip
+        super().__init__(in_chs, out_chs, bottle_ratio, stride, groups, act, shortcut, drop_path)
+        self.conv2 = ConvNormAct(self.mid_chs, out_chs, 3, stride=stride, groups=groups, act=act)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._add_shortcut(self.conv2(self.conv1(x)), x)
