@@ -63,6 +63,21 @@ def test_predict_prints_labels_and_probabilities(checkpoint, digit_images, capsy
         assert r["predictions"][0]["probability"] >= r["predictions"][1]["probability"]
 
 
+def test_bf16_eval_and_predict_agree_with_fp32(checkpoint, digit_images, tmp_path, capsys):
+    results = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert main(["eval", "--checkpoint", str(checkpoint), "--output", str(out), "--precision", precision]) == 0
+        results[precision] = json.loads((out / "eval.json").read_text())
+        assert results[precision]["precision"] == precision
+    assert abs(results["bf16"]["top1"] - results["fp32"]["top1"]) <= 1.0  # at most ~3 of 359 images
+    assert results["bf16"]["loss"] == pytest.approx(results["fp32"]["loss"], rel=0.05)
+    capsys.readouterr()
+    paths, _ = digit_images
+    assert main(["predict", *paths, "--checkpoint", str(checkpoint), "--precision", "bf16", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3
+
+
 def test_predict_skips_an_unreadable_image_with_a_warning(checkpoint, digit_images, tmp_path, capsys):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")

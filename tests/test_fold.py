@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 import cspnet
-from cspnet.export import find_conv_norm_pairs, fold_conv_norm, optimize_for_inference
+from cspnet.export import (
+    find_conv_norm_pairs,
+    find_conv_pool_pairs,
+    fold_conv_norm,
+    optimize_for_inference,
+    pool_before_pointwise_conv,
+)
 from cspnet.export.fold import _pairs_from_graph, _pairs_from_structure
 from cspnet.layers import BatchNormAct2d, ConvNormAct
 
@@ -109,3 +115,57 @@ def test_optimized_model_scripts_and_traces(name: str) -> None:
         traced = torch.jit.trace(fast, x)
         torch.testing.assert_close(scripted(x), expected, rtol=1e-5, atol=1e-6)
         assert traced(torch.randn(3, 3, 64, 64)).shape == (3, 10)
+
+
+@pytest.mark.parametrize(("name", "moved"), [("densenet121", 3), ("cspdensenet201", 3), ("densenet_bc100", 2),
+                                             ("csppeleenet", 0), ("cspdarknet53", 0)])  # fmt: skip
+def test_pools_move_before_the_transition_convs_of_dense_networks(name: str, moved: int) -> None:
+    with torch.device("meta"):
+        model = cspnet.create_model(name)
+    pairs = find_conv_pool_pairs(model)
+    assert len(pairs) == moved
+    assert all(p == (f"stages.{i}.conv_transition.conv", f"stages.{i + 1}.down") for i, p in enumerate(pairs))
+
+
+def test_moving_pools_cuts_densenet121_macs_by_a_quarter_of_its_transitions() -> None:
+    model = cspnet.create_model("densenet121")
+    before, after = cspnet.profile(model, 224).macs, cspnet.profile(optimize_for_inference(model), 224).macs
+    transitions = 56 * 56 * 256 * 128 + 28 * 28 * 512 * 256 + 14 * 14 * 1024 * 512
+    assert before - after == transitions * 3 // 4
+    assert (before, after) == (2_834_161_664, 2_602_950_656)
+
+
+def test_features_only_outputs_keep_their_resolution() -> None:
+    model = _with_random_norm_statistics(cspnet.create_model("densenet_bc100", features_only=True))
+    assert find_conv_pool_pairs(model) == []
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        for got, expected in zip(optimize_for_inference(model)(x), model(x), strict=True):
+            assert got.shape == expected.shape and _relative_error(expected, got) < 1e-5
+
+
+def test_pool_move_is_exact_on_odd_sizes_and_skips_what_does_not_commute() -> None:
+    model = _with_random_norm_statistics(cspnet.create_model("cspdensenet_bc100", num_classes=10))
+    x = torch.randn(2, 3, 37, 37)  # odd maps: the 2x2 pools drop the last row and column
+    with torch.no_grad():
+        torch.testing.assert_close(pool_before_pointwise_conv(model)(x), model(x), rtol=1e-4, atol=1e-5)
+    for conv, pool in [
+        (nn.Conv2d(4, 4, 3, padding=1), nn.AvgPool2d(2)),  # a 3x3 conv mixes neighbours
+        (nn.Conv2d(4, 4, 1), nn.AvgPool2d(2, padding=1)),  # padding averages zeros the bias never saw
+        (nn.Conv2d(4, 4, 1), nn.MaxPool2d(2)),  # max is not linear
+        (nn.Conv2d(4, 4, 1, stride=2), nn.AvgPool2d(2)),
+    ]:
+        assert find_conv_pool_pairs(nn.Sequential(conv, pool)) == []
+    assert find_conv_pool_pairs(nn.Sequential(nn.Conv2d(4, 4, 1), nn.AvgPool2d(2))) == [("0", "1")]
+
+
+def test_bf16_inference_stays_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    model = _with_random_norm_statistics(cspnet.create_model("cspdensenet_bc100", num_classes=10))
+    x = torch.randn(4, 3, 32, 32)
+    fast = optimize_for_inference(model, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
+    with torch.no_grad():
+        got, expected = fast(x.bfloat16()), model(x)
+    assert got.dtype == torch.bfloat16
+    assert _relative_error(expected, got.float()) < 0.05

@@ -6,13 +6,10 @@
 torch.Size([2, 10])
 """
 
-import os
+from cspnet.runtime import default_openmp_wait_policy, tune_cpu_allocator
 
-# OpenMP threads that spin while waiting starve each other as soon as another process shares the
-# cores: a DenseNet training step measured 14 s instead of 0.9 s on a busy 2-core machine. Passive
-# waiting is the safe default; export OMP_WAIT_POLICY=ACTIVE on a dedicated machine. (Read when
-# torch is first imported, so it has no effect if torch was imported before cspnet.)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch is imported: OpenMP reads the policy once (see cspnet.runtime for the measurements).
+default_openmp_wait_policy()
 
 from cspnet import profiling  # noqa: E402
 from cspnet.convert import CheckpointError  # noqa: E402
@@ -44,4 +41,5 @@ __all__ = [
     "optimize_for_inference",
     "profile",
     "profiling",
+    "tune_cpu_allocator",
 ]

@@ -14,15 +14,17 @@ model. Where the reset is unavailable, ``ru_maxrss`` is used instead (an upper b
 
 Throughput is ``batch / median step time`` after warm-up steps; latency is the median time of one
 batch. Inference runs under ``torch.inference_mode``; with ``--optimize`` (default) the model goes
-through :func:`cspnet.export.optimize_for_inference` (conv/BN folded) first, and ``--jit`` further
-traces and freezes it (``torch.jit.freeze`` + ``torch.jit.optimize_for_inference``). A training step is
-forward, cross-entropy, backward and an SGD (momentum 0.9) update.
+through :func:`cspnet.export.optimize_for_inference` (conv/BN folded, pools moved before 1x1 convs,
+weights cast to ``--precision``) first; ``--jit`` further traces and freezes it (``torch.jit.freeze`` +
+``torch.jit.optimize_for_inference``) and ``--compile`` runs it through ``torch.compile`` (inductor,
+with weight freezing for inference). A training step is forward, cross-entropy, backward and an SGD
+(momentum 0.9) update, under autocast for bf16/fp16. The worker process tunes the allocator as the
+``cspnet`` commands do (:func:`cspnet.runtime.tune_cpu_allocator`) unless ``--default-malloc``.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import statistics
@@ -31,6 +33,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from cspnet.cli.options import add_config_overrides, parse_overrides
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("inference", "train")
@@ -54,6 +58,7 @@ class BenchSpec:
     min_seconds: float = 3.0
     warmup: int = 2
     threads: int | None = None
+    tune_allocator: bool = True
 
 
 # --- peak memory -----------------------------------------------------------------------------------
@@ -119,7 +124,10 @@ def measure(spec: BenchSpec) -> dict[str, Any]:
 
     from cspnet import create_model, get_model_entry
     from cspnet.export import optimize_for_inference
+    from cspnet.runtime import tune_cpu_allocator
 
+    if spec.tune_allocator:
+        tune_cpu_allocator()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     if spec.mode not in MODES:
@@ -135,10 +143,12 @@ def measure(spec: BenchSpec) -> dict[str, Any]:
     memory = PeakMemory()
 
     if spec.mode == "inference":
-        model = optimize_for_inference(model, channels_last=spec.channels_last) if spec.optimize else model.eval()
-        model = model.to(memory_format=memory_format)
-        if dtype != torch.float32:  # casting the weights is faster than autocast for inference
-            model, x = model.to(dtype), x.to(dtype)
+        # Casting the weights is faster than autocast for inference.
+        if spec.optimize:
+            model = optimize_for_inference(model, channels_last=spec.channels_last, dtype=dtype)
+        else:
+            model = model.eval().to(dtype=dtype, memory_format=memory_format)
+        x = x.to(dtype)
         with torch.inference_mode():
             if spec.jit:
                 import warnings
@@ -146,8 +156,8 @@ def measure(spec: BenchSpec) -> dict[str, Any]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     model = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x)))
-        if spec.compile:
-            model = torch.compile(model)
+        if spec.compile:  # freezing: weights become constants that inductor may pre-pack
+            model = torch.compile(model, options={"freezing": True})
         memory.start()
         with torch.inference_mode():
             times = _timed_steps(lambda: model(x), spec)
@@ -221,13 +231,15 @@ COLUMNS = (
 def describe_setup(result: dict[str, Any]) -> str:
     parts = []
     if result["mode"] == "inference" and result["optimize"]:
-        parts.append("folded")
+        parts.append("optimized")
     if result["channels_last"]:
         parts.append("channels_last")
     if result.get("jit") and result["mode"] == "inference":
         parts.append("jit.freeze")
     if result["compile"]:
         parts.append("compile")
+    if not result.get("tune_allocator", True):
+        parts.append("default malloc")
     parts += [f"{k}={v}" for k, v in result.get("overrides", {}).items()]
     return ", ".join(parts) or "eager"
 
@@ -261,26 +273,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jit", action="store_true", help="inference: trace, torch.jit.freeze, torch.jit.optimize_for_inference")
     p.add_argument("--mode", choices=(*MODES, "both"), default="inference")
     p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
-                   help="inference: fold conv/BN with cspnet.export.optimize_for_inference (default: on)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
-                   help="config override, e.g. --set memory_efficient=True (repeatable)")
+                   help="inference: cspnet.export.optimize_for_inference first (default: on)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="keep glibc's allocator defaults (see cspnet.runtime.tune_cpu_allocator)")
+    add_config_overrides(p, help_suffix=" (applies to every model), e.g. --set memory_efficient=True")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per measurement")
     p.add_argument("--output", metavar="FILE.md", help="also write the table (markdown) to this file")
     p.set_defaults(func=run)  # fmt: skip
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r} is invalid: expected FIELD=VALUE")
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
-    return overrides
 
 
 def run(args: argparse.Namespace) -> int:
@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
                 model=name, mode=mode, batch_size=args.batch_size, img_size=args.img_size,
                 precision=args.precision, channels_last=args.channels_last, optimize=args.optimize,
                 jit=args.jit, compile=args.compile, overrides=overrides, min_seconds=args.seconds,
-                threads=args.threads,
+                threads=args.threads, tune_allocator=not args.default_malloc,
             )  # fmt: skip
             results.append(measure_isolated(spec))
             print(markdown_table(results[-1:]).splitlines()[-1], flush=True)

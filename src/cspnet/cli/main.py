@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from cspnet.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # every command runs models; see cspnet.runtime for why and how much
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -41,3 +41,28 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = text.strip()
         out[key.strip()] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+INFERENCE_PRECISIONS = ("fp32", "bf16")
+
+
+def add_inference_precision(parser: argparse.ArgumentParser) -> None:
+    """``--precision fp32|bf16``: the dtype of the weights and inputs at inference."""
+    parser.add_argument(
+        "--precision",
+        choices=INFERENCE_PRECISIONS,
+        default="fp32",
+        help="bf16: weights and inputs in bfloat16, about 2x faster on CPUs with AVX-512 BF16 or AMX "
+        "(measure its accuracy on your data with `cspnet eval --precision bf16`); default fp32",
+    )
+
+
+def inference_dtype(precision: str) -> Any:
+    """The torch dtype of an ``--precision`` choice.
+
+    >>> inference_dtype("bf16")
+    torch.bfloat16
+    """
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]

@@ -1,13 +1,16 @@
 """``cspnet predict IMAGE... --checkpoint C [--topk K]``: the most likely classes of each image.
 
 The model is rebuilt from the checkpoint (class names included) and folded for inference
-(``cspnet.export.optimize_for_inference``: conv/BN folding, channels-last).
+(``cspnet.export.optimize_for_inference``: conv/BN folding, pools before 1x1 convs, channels-last;
+``--precision bf16`` casts weights and inputs).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+
+from cspnet.cli.options import add_inference_precision, inference_dtype
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=3, help="classes shown per image (default 3)")
     p.add_argument("--model", help="fail unless the checkpoint holds this model")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_inference_precision(p)
     p.set_defaults(func=run)
 
 
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise CLIError(f"--topk {args.topk} is invalid: expected a positive integer")
     trained = load_trained(args.checkpoint, expected_model=args.model)
-    model = optimize_for_inference(trained.model)
+    dtype = inference_dtype(args.precision)
+    model = optimize_for_inference(trained.model, dtype=dtype)
     images, names, failed = [], [], []
     for path in args.images:
         try:
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cspnet predict: warning: skipped {len(failed)} unreadable image(s): {', '.join(failed[:3])}",
               file=sys.stderr)
     k = min(args.topk, len(trained.class_names))
-    x = trained.preprocess(torch.stack(images)).contiguous(memory_format=torch.channels_last)
+    x = trained.preprocess(torch.stack(images)).to(dtype=dtype, memory_format=torch.channels_last)
     with torch.inference_mode():
         probs = model(x).float().softmax(dim=1)
     top = probs.topk(k, dim=1)

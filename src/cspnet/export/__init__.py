@@ -7,7 +7,13 @@
 torch.Size([1, 10])
 """
 
-from cspnet.export.fold import find_conv_norm_pairs, fold_conv_norm, optimize_for_inference
+from cspnet.export.fold import (
+    find_conv_norm_pairs,
+    find_conv_pool_pairs,
+    fold_conv_norm,
+    optimize_for_inference,
+    pool_before_pointwise_conv,
+)
 from cspnet.export.formats import (
     EXPORT_FORMATS,
     ExportResult,
@@ -25,8 +31,10 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "find_conv_norm_pairs",
+    "find_conv_pool_pairs",
     "fold_conv_norm",
     "load_runner",
     "optimize_for_inference",
+    "pool_before_pointwise_conv",
     "relative_difference",
 ]
