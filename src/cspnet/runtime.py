@@ -10,8 +10,9 @@ Two defaults, both measured on this project's 2-core machine (``docs/benchmarks.
   cache, so each activation tensor is a ``malloc``/``free``; glibc serves blocks above 32 MiB
   with a fresh ``mmap`` and hands them back on ``free``, and the kernel then zero-fills every 4 KiB
   page again on first touch. A DenseNet-121 forward at batch 16 allocates hundreds of such
-  blocks. Keeping freed memory in the process made inference 25-30 % faster (densenet121
-  22.9 -> 29.3 img/s, cspdarknet53 11.7 -> 14.9). Library users call it themselves.
+  blocks. Keeping freed memory in the process made batch-16 inference 9-28 % faster
+  (``docs/benchmarks.md``: densenet121 21.5 -> 23.4 img/s, cspdarknet53 11.1 -> 14.2). Library
+  users call it themselves.
 """
 
 from __future__ import annotations
