@@ -146,7 +146,16 @@ def measure_pair(modes: tuple[str, ...] = ("inference", "train")) -> None:
     if "inference" in modes:
         specs += [spec(name, "inference", precision="bf16") for name in PAIR]
     specs += [spec(PAIR[1], mode, overrides=dict(variant)) for variant in PAIR_VARIANTS for mode in modes]
-    _save("pair", _add_costs(_run(specs, "pair", repeats=REPEATS)))
+    previous = (_load("pair") or {"results": []})["results"]
+    fresh = _add_costs(_run(specs, "pair", repeats=REPEATS))
+    # Re-measuring some modes (--pair-modes train) keeps the other rows, in their order.
+    by_key = {_row_key(r): r for r in fresh}
+    merged = [by_key.pop(_row_key(r), r) for r in previous]
+    _save("pair", merged + list(by_key.values()))
+
+
+def _row_key(result: dict[str, Any]) -> tuple[str, str, str, str]:
+    return result["model"], result["mode"], result["precision"], _variant(result)
 
 
 def _add_costs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

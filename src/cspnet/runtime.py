@@ -6,13 +6,18 @@ Two defaults, both measured on this project's 2-core machine (``docs/benchmarks.
   spin while waiting starve each other as soon as another process shares the cores (a DenseNet
   training step took 14 s instead of 0.9 s). On an idle machine passive waiting costs ~5 %.
   Export ``OMP_WAIT_POLICY=ACTIVE`` on a dedicated machine.
-* :func:`tune_cpu_allocator`, called by every ``cspnet`` command: PyTorch's CPU allocator has no
+* :func:`tune_cpu_allocator`, called by the inference commands (``eval``, ``predict``,
+  ``export`` and the inference rows of ``benchmark``): PyTorch's CPU allocator has no
   cache, so each activation tensor is a ``malloc``/``free``; glibc serves blocks above 32 MiB
   with a fresh ``mmap`` and hands them back on ``free``, and the kernel then zero-fills every 4 KiB
-  page again on first touch. A DenseNet-121 forward at batch 16 allocates hundreds of such
-  blocks. Keeping freed memory in the process made batch-16 inference 9-28 % faster
-  (``docs/benchmarks.md``: densenet121 21.5 -> 23.4 img/s, cspdarknet53 11.1 -> 14.2). Library
-  users call it themselves.
+  page again on first touch (smaller blocks too, once the heap top is trimmed). A DenseNet-121
+  forward at batch 16 allocates dozens of such blocks. Keeping freed memory in the process made
+  batch-16 inference 9-28 % faster (``docs/benchmarks.md``: densenet121 21.5 -> 23.4 img/s,
+  cspdarknet53 11.1 -> 14.2). Library users call it themselves. ``cspnet train`` does not:
+  freed blocks that stay in one heap fragment it, and training peaks rose (densenet201 at batch
+  32: 6924 -> 7361 MiB plain, 2965 -> 4071 MiB with ``memory_efficient``). It did speed training
+  up (densenet201 at batch 16: 3.5 -> 4.5 img/s), so a training script with memory to spare may
+  call it.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ def tune_cpu_allocator() -> bool:
     """Keep freed memory in the process (glibc): no ``mmap`` per large tensor, no heap trimming.
 
     The process's resident memory then stays at its high-water mark instead of shrinking after each
-    batch, which is what a training or serving process wants. It changes nothing where the C
+    batch, which is what a serving process wants. It changes nothing where the C
     library is not glibc (macOS, Windows, musl), and nothing if ``CSPNET_DEFAULT_MALLOC=1``.
 
     Returns:

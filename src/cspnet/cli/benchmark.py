@@ -18,8 +18,9 @@ through :func:`cspnet.export.optimize_for_inference` (conv/BN folded, pools move
 weights cast to ``--precision``) first; ``--jit`` further traces and freezes it (``torch.jit.freeze`` +
 ``torch.jit.optimize_for_inference``) and ``--compile`` runs it through ``torch.compile`` (inductor,
 with weight freezing for inference). A training step is forward, cross-entropy, backward and an SGD
-(momentum 0.9) update, under autocast for bf16/fp16. The worker process tunes the allocator as the
-``cspnet`` commands do (:func:`cspnet.runtime.tune_cpu_allocator`) unless ``--default-malloc``.
+(momentum 0.9) update, under autocast for bf16/fp16. For inference the worker process tunes the
+allocator as ``cspnet predict`` does (:func:`cspnet.runtime.tune_cpu_allocator`) unless
+``--default-malloc``; training keeps glibc's defaults, as ``cspnet train`` does.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def measure(spec: BenchSpec) -> dict[str, Any]:
     from cspnet.export import optimize_for_inference
     from cspnet.runtime import tune_cpu_allocator
 
-    if spec.tune_allocator:
+    if spec.tune_allocator and spec.mode == "inference":
         tune_cpu_allocator()
     if spec.threads:
         torch.set_num_threads(spec.threads)
@@ -238,7 +239,7 @@ def describe_setup(result: dict[str, Any]) -> str:
         parts.append("jit.freeze")
     if result["compile"]:
         parts.append("compile")
-    if not result.get("tune_allocator", True):
+    if not result.get("tune_allocator", True) and result["mode"] == "inference":
         parts.append("default malloc")
     parts += [f"{k}={v}" for k, v in result.get("overrides", {}).items()]
     return ", ".join(parts) or "eager"
@@ -275,7 +276,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
                    help="inference: cspnet.export.optimize_for_inference first (default: on)")
     p.add_argument("--default-malloc", action="store_true",
-                   help="keep glibc's allocator defaults (see cspnet.runtime.tune_cpu_allocator)")
+                   help="inference: keep glibc's allocator defaults (see cspnet.runtime.tune_cpu_allocator)")
     add_config_overrides(p, help_suffix=" (applies to every model), e.g. --set memory_efficient=True")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per measurement")

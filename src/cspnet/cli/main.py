@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 # The order in which subcommands appear in ``cspnet --help``.
 COMMANDS = ("models", "profile", "reproduce", "train", "eval", "predict", "demo", "export", "benchmark")
+# Commands that only run inference keep freed memory in the process (``benchmark`` decides per row).
+INFERENCE_COMMANDS = ("eval", "predict", "export")
 
 
 class CLIError(Exception):
@@ -48,9 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from cspnet.runtime import tune_cpu_allocator
+    if args.command in INFERENCE_COMMANDS:
+        from cspnet.runtime import tune_cpu_allocator
 
-    tune_cpu_allocator()  # every command runs models; see cspnet.runtime for why and how much
+        tune_cpu_allocator()  # faster inference; see cspnet.runtime for why training is left alone
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
