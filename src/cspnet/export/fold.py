@@ -58,7 +58,7 @@ ModulePair = tuple[str, str]
 """(qualified name of a module, qualified name of the one module that consumes its output)."""
 
 
-def _single_consumer_pairs(model: nn.Module, graph: torch.fx.Graph) -> list[ModulePair]:
+def _single_consumer_pairs(graph: torch.fx.Graph) -> list[ModulePair]:
     """Module pairs ``(a, b)`` where ``b(a(x))`` is the only use of ``a``'s output, each called once."""
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -78,7 +78,7 @@ def _single_consumer_pairs(model: nn.Module, graph: torch.fx.Graph) -> list[Modu
 
 
 def _pairs_from_graph(model: nn.Module) -> list[ConvNormPair]:
-    pairs = _single_consumer_pairs(model, _NormLeafTracer().trace(model))
+    pairs = _single_consumer_pairs(_NormLeafTracer().trace(model))
     return [(a, b) for a, b in pairs if _foldable(model.get_submodule(a), model.get_submodule(b))]
 
 
@@ -205,7 +205,7 @@ def find_conv_pool_pairs(model: nn.Module) -> list[ModulePair]:
     except Exception as exc:
         log.info("fx cannot trace %s (%s); no pools moved", type(model).__name__, exc)
         return []
-    pairs = _single_consumer_pairs(model, graph)
+    pairs = _single_consumer_pairs(graph)
     return [(a, b) for a, b in pairs if _commutes(model.get_submodule(a), model.get_submodule(b))]
 
 
