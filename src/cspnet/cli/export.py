@@ -50,7 +50,7 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
     """
     from cspnet import create_model, get_model_entry
     from cspnet.cli.main import CLIError
-    from cspnet.training.runner import is_training_checkpoint, load_trained
+    from cspnet.training.trained import is_training_checkpoint, load_trained
 
     if args.checkpoint and is_training_checkpoint(args.checkpoint):
         trained = load_trained(args.checkpoint, expected_model=args.model)

@@ -6,6 +6,7 @@
 """
 
 from cspnet.training.config import TrainConfig
-from cspnet.training.runner import FitResult, TrainedModel, check_img_size, fit, load_trained
+from cspnet.training.runner import FitResult, check_img_size, fit
+from cspnet.training.trained import TrainedModel, is_training_checkpoint, load_trained
 
-__all__ = ["FitResult", "TrainConfig", "TrainedModel", "check_img_size", "fit", "load_trained"]
+__all__ = ["FitResult", "TrainConfig", "TrainedModel", "check_img_size", "fit", "is_training_checkpoint", "load_trained"]
