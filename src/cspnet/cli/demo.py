@@ -49,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.output) / name
         if out.exists():
             shutil.rmtree(out)  # a demo always starts from scratch
-        config = TrainConfig(model=name, model_overrides=overrides, data=args.data, epochs=args.epochs,
-                             batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, seed=args.seed,
-                             workers=args.workers, precision=args.precision, output=str(out))  # fmt: skip
+        schedule = {k: getattr(args, k) for k in ("data", "epochs", "batch_size", "lr", "img_size", "seed",
+                                                   "workers", "precision") if getattr(args, k) is not None}  # fmt: skip
+        config = TrainConfig(model=name, model_overrides=overrides, output=str(out), **schedule)
         print(f"== training {name} ==", flush=True)
         result = fit(config)
         trained = load_trained(out / "last.ckpt")

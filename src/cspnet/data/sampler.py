@@ -3,13 +3,17 @@
 The order of epoch ``e`` is a permutation drawn from ``seed + e`` alone, so it is the same on every
 run, after every restart, and for every process count's union. Each of ``num_replicas`` ranks takes
 every ``num_replicas``-th index (the list padded to a multiple, like ``DistributedSampler``).
-``skip(epoch, batches)`` drops the first ``batches * batch_size`` indices of that epoch: what a run
+``skip(epoch, samples)`` drops the first ``samples`` indices of that epoch: what a run
 interrupted mid-epoch had already trained on.
+
+``len()`` stays the length of a whole epoch even while skipping: Lightning sizes the epoch (and
+every later one) from the loader's length once, and counts the batches a resumed epoch had already
+done itself. A shorter length would cut the resumed epoch and every epoch after it.
 
 >>> s = ResumableSampler(10, seed=0)
 >>> s.set_epoch(3); full = list(s)
->>> s.skip(epoch=3, samples=4); list(s) == full[4:]
-True
+>>> s.skip(epoch=3, samples=4); list(s) == full[4:], len(s)
+(True, 10)
 """
 
 from __future__ import annotations
@@ -55,6 +59,4 @@ class ResumableSampler(Sampler[int]):
         return iter(indices)
 
     def __len__(self) -> int:
-        if self._skip is not None and self._skip[0] == self.epoch:
-            return max(0, self.per_rank - self._skip[1])
-        return self.per_rank
+        return self.per_rank  # a whole epoch, skipping or not (see the module docstring)

@@ -1,4 +1,14 @@
-"""The resolved configuration of a training run (what ``config.json`` / ``config.yaml`` record)."""
+"""The resolved configuration of a training run (what ``config.json`` / ``config.yaml`` record).
+
+Every constraint is declared on its field (:mod:`cspnet.fields`) and checked by
+:meth:`TrainConfig.validate` before anything is built, so a bad value is a one-line error naming
+the command-line flag: ``--lr inf is invalid: expected a finite number``.
+
+>>> TrainConfig(hflip=5).validate()
+Traceback (most recent call last):
+...
+ValueError: --hflip 5 is invalid: expected 0.0 <= hflip <= 1.0
+"""
 
 from __future__ import annotations
 
@@ -8,11 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "64")
+from cspnet.fields import bounded, check_fields, one_of
+
+# Lightning's names; "32" is the default full precision. "64" is not offered: kornia's augmentation
+# and the models' norms are float32-only, so a double run fails in its first step.
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
 OPTIMIZERS = ("sgd", "adamw")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # CSPDenseNet-BC-40: 1,438 8x8 digits do not need DenseNet-BC-100's depth, which trains ~3x slower on a CPU.
 DEFAULT_MODEL = "cspdensenet_bc40"
 DIGITS_IMG_SIZE = 16  # the digits are 8x8; 16 keeps DenseNet-BC's two poolings meaningful and fast on CPU
+MAX_IMG_SIZE = 4096  # beyond this a single image's activations exceed any machine's memory
+# Evaluation resize (timm's crop_pct): the short side goes to img_size / crop_pct, then a centre crop.
+FOLDER_CROP_PCT = 0.875
+# What may differ between a run and its resumption: nothing that changes the result, except the
+# number of epochs (extending a finished run; the cosine schedule is stretched to the new end).
+RESUME_MAY_CHANGE = ("epochs", "output", "resume", "workers", "checkpoint_every")
 
 
 @dataclass
@@ -22,60 +43,52 @@ class TrainConfig:
     model: str = DEFAULT_MODEL
     model_overrides: dict[str, Any] = field(default_factory=dict)
     data: str = "digits"
-    val_fraction: float = 0.2
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float | None = None  # sgd: 0.1, adamw: 2e-3 (for batch 64; scaled linearly with the global batch)
-    weight_decay: float | None = None  # sgd: 5e-4, adamw: 0.05
-    momentum: float = 0.9
-    optimizer: str = "sgd"
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
-    img_size: int | None = None  # digits: 16, folders: the model's registered input size
-    precision: str = "32"
-    accelerator: str = "auto"
-    devices: int | None = None  # None: 1, or the torchrun local world size
-    num_nodes: int | None = None
+    val_fraction: float = bounded(0.2, 0.0, 1.0, low_open=True, high_open=True)
+    epochs: int = bounded(15, 1, integer=True)
+    batch_size: int = bounded(64, 1, integer=True)
+    # sgd: 0.1, adamw: 2e-3 (for batch 64)
+    lr: float | None = bounded(None, 0.0, low_open=True, optional=True)
+    weight_decay: float | None = bounded(None, 0.0, optional=True)  # sgd: 5e-4, adamw: 0.05
+    momentum: float = bounded(0.9, 0.0, 1.0, high_open=True)
+    optimizer: str = one_of("sgd", OPTIMIZERS)
+    warmup_epochs: float = bounded(1.0, 0.0)
+    min_lr_ratio: float = bounded(0.01, 0.0, 1.0)
+    img_size: int | None = bounded(None, 1, MAX_IMG_SIZE, optional=True, integer=True)  # digits: 16, else the model's
+    crop_pct: float | None = bounded(None, 0.0, 1.0, low_open=True, optional=True)  # digits: 1.0, folders: 0.875
+    precision: str = one_of("32", PRECISIONS)
+    accelerator: str = one_of("auto", ACCELERATORS)
+    devices: int | None = bounded(None, 1, integer=True, optional=True)  # None: 1, or torchrun's local world
+    num_nodes: int | None = bounded(None, 1, integer=True, optional=True)
     output: str = "runs/train"
     resume: bool = False
+    pretrained: str | None = None  # fine-tuning: any file create_model(pretrained=...) takes
     ema: bool = True
-    ema_decay: float = 0.998
+    ema_decay: float = bounded(0.998, 0.0, 1.0, low_open=True, high_open=True)
     channels_last: bool = False
     grad_checkpointing: bool = False
-    seed: int = 0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    label_smoothing: float = 0.1
-    hflip: float | None = None  # digits: 0 (a mirrored digit is not a digit), folders: 0.5
-    crop_scale: float | None = None  # smallest random-resized-crop area; digits: 0.6, folders: 0.35
-    jitter: float = 0.2
-    workers: int | None = None  # digits: 0 (in memory), folders: min(4, cpu count)
-    checkpoint_every: int = 50  # optimizer steps between mid-epoch `last.ckpt` saves (0: epoch ends only)
-    limit_train_batches: int | None = None  # debugging: batches per epoch
+    seed: int = bounded(0, 0, integer=True)
+    mixup: float = bounded(0.0, 0.0)
+    cutmix: float = bounded(0.0, 0.0)
+    label_smoothing: float = bounded(0.1, 0.0, 1.0, high_open=True)
+    hflip: float | None = bounded(None, 0.0, 1.0, optional=True)  # digits: 0 (a mirrored digit is no digit), else 0.5
+    # smallest random-resized-crop area; digits: 0.6, folders: 0.35
+    crop_scale: float | None = bounded(None, 0.0, 1.0, low_open=True, optional=True)
+    jitter: float = bounded(0.2, 0.0, 1.0)
+    workers: int | None = bounded(None, 0, integer=True, optional=True)  # digits: 0 (in memory), else min(4, cpus)
+    checkpoint_every: int = bounded(50, 0, integer=True)  # steps between mid-epoch saves (0: epoch ends only)
+    limit_train_batches: int | None = bounded(None, 1, integer=True, optional=True)  # debugging: batches per epoch
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line message for an impossible setting."""
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {value} is invalid: expected a positive integer")
-        if self.img_size is not None and self.img_size < 1:
-            raise ValueError(f"--img-size {self.img_size} is invalid: expected a positive integer")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"--lr {self.lr} is invalid: expected a positive number")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"--optimizer {self.optimizer!r} is invalid: expected one of {', '.join(OPTIMIZERS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision {self.precision!r} is invalid: expected one of {', '.join(PRECISIONS)}")
-        for name in ("mixup", "cutmix", "warmup_epochs", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} is invalid: expected >= 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"--label-smoothing {self.label_smoothing} is invalid: expected 0 <= value < 1")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"--val-fraction {self.val_fraction} is invalid: expected 0 < value < 1")
-        if not 0 < self.ema_decay < 1:
-            raise ValueError(f"--ema-decay {self.ema_decay} is invalid: expected 0 < value < 1")
+        check_fields(self, label=_flag)
+        if self.accelerator in ("gpu", "cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"--accelerator {self.accelerator} is invalid: no CUDA GPU is visible here "
+                                 "(use --accelerator cpu or auto)")  # fmt: skip
+        if self.pretrained is not None and not Path(self.pretrained).is_file():
+            raise FileNotFoundError(f"--pretrained {self.pretrained}: file not found")
 
     @property
     def is_digits(self) -> bool:
@@ -91,6 +104,7 @@ class TrainConfig:
             if self.weight_decay is not None
             else (5e-4 if self.optimizer == "sgd" else 0.05),
             img_size=self.img_size or (DIGITS_IMG_SIZE if digits else default_img_size),
+            crop_pct=self.crop_pct if self.crop_pct is not None else (1.0 if digits else FOLDER_CROP_PCT),
             hflip=self.hflip if self.hflip is not None else (0.0 if digits else 0.5),
             crop_scale=self.crop_scale if self.crop_scale is not None else (0.6 if digits else 0.35),
             workers=self.workers if self.workers is not None else (0 if digits else _default_workers()),
@@ -101,15 +115,27 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config of a ``config.json`` (unknown keys, from newer versions, are ignored)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        config = cls(**{k: v for k, v in values.items() if k in known})
+        if isinstance(config.model_overrides, dict):  # JSON has lists where configs hold tuples
+            config.model_overrides = {k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in config.model_overrides.items()}  # fmt: skip
+        return config
 
     def write(self, folder: Path) -> None:
-        """``config.json`` and ``config.yaml`` (YAML written by hand: no extra dependency)."""
+        """``config.json`` and ``config.yaml`` (YAML written by hand: no extra dependency), atomically."""
+        from cspnet.training.files import atomic_write_bytes
+
         values = self.to_dict()
-        (folder / "config.json").write_text(json.dumps(values, indent=2) + "\n")
+        atomic_write_bytes(folder / "config.json", (json.dumps(values, indent=2) + "\n").encode())
         lines = [f"{k}: {json.dumps(v)}" for k, v in values.items()]  # JSON scalars are valid YAML
-        (folder / "config.yaml").write_text("\n".join(lines) + "\n")
+        atomic_write_bytes(folder / "config.yaml", ("\n".join(lines) + "\n").encode())
+
+
+def _flag(name: str, value: Any) -> str:
+    """How the command line spells a field: ``--batch-size 0``."""
+    return f"--{name.replace('_', '-')} {value}"
 
 
 def _default_workers() -> int:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cspnet.data import ResumableSampler, load_digits_split, load_folder_split
@@ -25,10 +28,38 @@ def normalization(cfg: TrainConfig) -> tuple[list[float], list[float]]:
     return list(mean), list(std)
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How one rank's share of the training set is cut into batches.
+
+    The batch shrinks to the share when the share is smaller (a 20-image folder with batch 64
+    trains on batches of 20, not on nothing); the last, partial batch is kept when it holds at
+    least half a batch and dropped otherwise (a tiny last batch gives noisy BatchNorm statistics).
+
+    >>> Batching.of(num_train=1438, batch_size=64, world_size=1)
+    Batching(batch_size=64, steps=22, drop_last=True)
+    >>> Batching.of(num_train=100, batch_size=64, world_size=1)
+    Batching(batch_size=64, steps=2, drop_last=False)
+    >>> Batching.of(num_train=20, batch_size=64, world_size=2)
+    Batching(batch_size=10, steps=1, drop_last=True)
+    """
+
+    batch_size: int
+    steps: int  # optimizer steps per epoch
+    drop_last: bool
+
+    @classmethod
+    def of(cls, num_train: int, batch_size: int, world_size: int) -> Batching:
+        per_rank = -(-num_train // world_size)  # ResumableSampler pads every rank to this
+        batch = max(1, min(batch_size, per_rank))
+        full, rest = divmod(per_rank, batch)
+        keep_last = rest > 0 and 2 * rest >= batch
+        return cls(batch, full + keep_last, not keep_last)
+
+
 def steps_per_epoch(num_train: int, batch_size: int, world_size: int) -> int:
-    """Optimizer steps per epoch: every rank drops its last incomplete batch (if it has a full one)."""
-    per_rank = -(-num_train // world_size)
-    return max(1, per_rank // batch_size)
+    """Optimizer steps per epoch (see :class:`Batching`)."""
+    return Batching.of(num_train, batch_size, world_size).steps
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -42,11 +73,11 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg, self.train_set, self.val_set = cfg, train, val
 
-    def _loader(self, dataset: Dataset, sampler: torch.utils.data.Sampler, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Any, batch_size: int, drop_last: bool) -> DataLoader:
         workers = self.cfg.workers or 0
         return DataLoader(
             dataset,
-            batch_size=self.cfg.batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             num_workers=workers,
             drop_last=drop_last,
@@ -58,14 +89,17 @@ class ImageDataModule(L.LightningDataModule):
         sampler = ResumableSampler(
             len(self.train_set), self.cfg.seed, True, trainer.world_size, trainer.global_rank
         )
+        batching = Batching.of(len(self.train_set), self.cfg.batch_size, trainer.world_size)
+        if batching.batch_size < self.cfg.batch_size and trainer.is_global_zero:
+            warnings.warn(f"--batch-size {self.cfg.batch_size} is larger than the {batching.batch_size} training "
+                          f"images per process: training on batches of {batching.batch_size}", stacklevel=2)
         position = getattr(trainer.lightning_module, "resume_position", None)
         if position:
-            sampler.skip(position["epoch"], position["batches"] * self.cfg.batch_size)
-        drop_last = sampler.per_rank >= self.cfg.batch_size
-        return self._loader(self.train_set, sampler, drop_last)
+            sampler.skip(position["epoch"], position["batches"] * batching.batch_size)
+        return self._loader(self.train_set, sampler, batching.batch_size, batching.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         trainer = self.trainer
         # Padding would count some images twice; the val set is split without padding instead.
         indices = list(range(trainer.global_rank, len(self.val_set), trainer.world_size))
-        return self._loader(self.val_set, indices, drop_last=False)
+        return self._loader(self.val_set, indices, self.cfg.batch_size, drop_last=False)

@@ -74,6 +74,19 @@ class ClassifierModule(L.LightningModule):
         x = self.normalize(x)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
+    def load_pretrained(self, path: str) -> None:
+        """Start from the weights in ``path`` (fine-tuning); a classifier of another size is not loaded
+        and stays freshly initialised, which is said at warning level."""
+        import logging
+
+        from cspnet.convert.checkpoint import load_checkpoint
+
+        for note in load_checkpoint(self.model, path):
+            level = logging.WARNING if "classifier not loaded" in note else logging.INFO
+            logging.getLogger(__name__).log(level, "--pretrained %s: %s", path, note)
+        if self.ema is not None:  # the average starts from the pretrained weights, not the random ones
+            self.ema = ModelEma(self.model, self.cfg.ema_decay)
+
     def inference_model(self) -> torch.nn.Module:
         """The weights to evaluate and ship: the EMA when enabled, else the trained model."""
         return self.ema.module if self.ema is not None else self.model
@@ -82,6 +95,13 @@ class ClassifierModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.ema is not None:
             self.ema.module.to(self.device)
+
+    def on_train_start(self) -> None:
+        # A checkpoint restores the schedule's own length; a resumed run with more --epochs stretches it.
+        for config in self.trainer.lr_scheduler_configs:
+            for schedule in getattr(config.scheduler, "lr_lambdas", []):
+                if isinstance(schedule, WarmupCosine):
+                    schedule.warmup_steps, schedule.total_steps = self._schedule_steps()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed = self.cfg.seed * _SEED_STRIDE + self.global_step * self.trainer.world_size + self.global_rank
@@ -135,10 +155,14 @@ class ClassifierModule(L.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
         else:
             optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-        total = self.steps_per_epoch * cfg.epochs
-        warmup = min(total, math.ceil(self.steps_per_epoch * cfg.warmup_epochs))
+        warmup, total = self._schedule_steps()
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, cfg.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _schedule_steps(self) -> tuple[int, int]:
+        """(warm-up steps, total steps) of the learning-rate schedule."""
+        total = self.steps_per_epoch * self.cfg.epochs
+        return min(total, math.ceil(self.steps_per_epoch * self.cfg.warmup_epochs)), total
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -147,6 +171,9 @@ class ClassifierModule(L.LightningModule):
         # Where the data stands: batches of this epoch already trained (see ResumableSampler).
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
         checkpoint["cspnet_position"] = {"epoch": self.current_epoch, "batches": progress.processed}
+        # The epoch's running mean training loss (torchmetrics keeps it out of the state dict).
+        checkpoint["cspnet_train_loss"] = {"mean_value": self.train_loss.mean_value.detach().cpu(),
+                                           "weight": self.train_loss.weight.detach().cpu()}  # fmt: skip
         for key in ("model_name", "model_overrides", "num_classes", "class_names", "img_size", "mean", "std"):
             checkpoint[key] = self.hparams[key]  # top level too: readable without Lightning
 
@@ -154,3 +181,8 @@ class ClassifierModule(L.LightningModule):
         if self.ema is not None and "ema_state_dict" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema_state_dict"])
         self.resume_position = checkpoint.get("cspnet_position")
+        train_loss = checkpoint.get("cspnet_train_loss")
+        if train_loss is not None and self.resume_position and self.resume_position["batches"]:
+            self.train_loss.mean_value.copy_(train_loss["mean_value"])
+            self.train_loss.weight.copy_(train_loss["weight"])
+            self.train_loss._update_count = 1  # counted as updated: compute() then uses the restored state

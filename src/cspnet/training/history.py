@@ -1,0 +1,105 @@
+"""``history.csv``: one row per finished epoch, kept in the checkpoints so that no row is ever lost.
+
+The rows live in the :class:`History` callback's state, which every checkpoint carries. The file is
+rewritten from that state (atomically) after each validation and when a run resumes, so a row
+that was written after the last checkpoint of a killed run is dropped and written again when its
+epoch is re-run, and a row whose write failed (disk full) is written again from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from cspnet.training.files import atomic_write_bytes
+
+HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "elapsed_s")
+
+
+def read_history(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a ``history.csv`` as strings (an absent file has none)."""
+    if not Path(path).is_file():
+        return []
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_history(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` as ``history.csv``, replacing the file atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())
+
+
+def _num(value: Any) -> float | None:
+    """A logged metric as a float; ``None`` (an empty CSV cell) when absent or not finite."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+class History(L.Callback):
+    """Keeps one row per epoch (rank 0 writes ``history.csv``) and prints a one-line summary.
+
+    Put it before :class:`~cspnet.training.callbacks.RunCheckpoints` in the trainer's callbacks:
+    the epoch-end checkpoint must already hold this epoch's row.
+    """
+
+    def __init__(self, path: Path, verbose: bool = True) -> None:
+        self.path, self.verbose = Path(path), verbose
+        self.rows: list[dict[str, Any]] = []
+        self.start = time.perf_counter()
+        self.elapsed_before = 0.0  # training time of the interrupted run(s), restored on resume
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:  # a resumed run: the file is what the checkpoint says
+            write_history(self.path, self.rows)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            "train_loss": _num(m.get("train/loss")),
+            "val_loss": _num(m.get("val/loss")),
+            "val_top1": _num(m.get("val/top1")),
+            "val_top5": _num(m.get("val/top5")),
+            "lr": _num(m.get("lr")),
+            "elapsed_s": round(self.elapsed(), 1),
+        }
+        self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
+        if not trainer.is_global_zero:
+            return
+        write_history(self.path, self.rows)
+        if self.verbose:
+            print(
+                f"epoch {row['epoch']}/{trainer.max_epochs}: train loss {_fmt(row['train_loss'], '.4f')}  "
+                f"val loss {_fmt(row['val_loss'], '.4f')}  top1 {_fmt(row['val_top1'], '.2f')}%  "
+                f"top5 {_fmt(row['val_top5'], '.2f')}%  ({row['elapsed_s']:.0f}s)",
+                flush=True,
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed": self.elapsed(), "rows": self.rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        self.start = time.perf_counter()
+        self.rows = list(state.get("rows", []))
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
