@@ -111,7 +111,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         return 130
     except RunFolderError as exc:
-        raise CLIError(f"{exc}; resume with: cspnet train --output {config.output} --resume") from exc
+        from pathlib import Path
+
+        resumable = (Path(config.output) / "last.ckpt").is_file()
+        hint = f"; once fixed, resume with: cspnet train --output {config.output} --resume" if resumable else ""
+        raise CLIError(f"{exc}{hint}") from exc
     m = result.metrics
     if m.get("world_size", 1) == 1 or _is_rank_zero():
         loss = "n/a" if m["loss"] is None else f"{m['loss']:.4f}"

@@ -92,7 +92,7 @@ class ImageDataModule(L.LightningDataModule):
         batching = Batching.of(len(self.train_set), self.cfg.batch_size, trainer.world_size)
         if batching.batch_size < self.cfg.batch_size and trainer.is_global_zero:
             warnings.warn(f"--batch-size {self.cfg.batch_size} is larger than the {batching.batch_size} training "
-                          f"images per process: training on batches of {batching.batch_size}", stacklevel=2)
+                          f"images per process: training on batches of {batching.batch_size}", stacklevel=1)
         position = getattr(trainer.lightning_module, "resume_position", None)
         if position:
             sampler.skip(position["epoch"], position["batches"] * batching.batch_size)

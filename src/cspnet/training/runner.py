@@ -75,6 +75,14 @@ def read_resume_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def epochs_done(ckpt: dict[str, Any]) -> int:
+    """Epochs a checkpointed run has finished (trained and validated): its last history row."""
+    for key, state in ckpt.get("callbacks", {}).items():
+        if str(key).startswith("History") and state.get("rows"):
+            return max(int(row["epoch"]) for row in state["rows"])
+    return 0
+
+
 def restore_run_config(config: TrainConfig, saved: TrainConfig, given: Collection[str]) -> TrainConfig:
     """The run's own settings, with the changes a resumption may make (:data:`RESUME_MAY_CHANGE`).
 
@@ -90,7 +98,7 @@ def restore_run_config(config: TrainConfig, saved: TrainConfig, given: Collectio
                          "drop these flags or start a new run in another --output")  # fmt: skip
     changes = {name: getattr(config, name) for name in given if name in RESUME_MAY_CHANGE}
     restored = dataclasses.replace(saved, **{**changes, "resume": True, "output": config.output})
-    if restored.epochs != saved.epochs:
+    if restored.epochs != saved.epochs:  # resume takes effect on the LR schedule in ClassifierModule
         log.warning("--resume: training for %d epochs instead of %d; the learning-rate schedule is stretched "
                     "to the new end", restored.epochs, saved.epochs)  # fmt: skip
     return restored
@@ -118,7 +126,7 @@ def plan_run(config: TrainConfig, given: Collection[str] | None = None) -> RunPl
         saved = TrainConfig.from_dict(ckpt["hyper_parameters"]["train_config"])
         given = explicit_fields(config) if given is None else set(given)
         config = restore_run_config(config, saved, given)
-        done = int(ckpt.get("epoch", 0))
+        done = epochs_done(ckpt)
         if config.epochs < done:
             raise ValueError(f"--epochs {config.epochs} is invalid: this run has already trained {done} epochs")
         config.validate()
