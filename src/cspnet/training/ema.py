@@ -1,4 +1,4 @@
-"""An exponential moving average of a model's weights (with timm's warm-up of the decay)."""
+"""An exponential moving average of a model's weights, its decay warmed up as TensorFlow's ``num_updates``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from torch import nn
 class ModelEma:
     """Keeps ``ema = d * ema + (1 - d) * weights`` after every step, ``d = min(decay, (1 + n) / (10 + n))``.
 
-    The warm-up makes the average usable after a few hundred steps (short runs); buffers (BN
+    The warm-up (the formula of TensorFlow's ``ExponentialMovingAverage(num_updates=...)``; timm's
+    ``ModelEmaV2`` has none) makes the average usable after a few hundred steps (short runs); buffers (BN
     statistics) are copied as they are. Not an ``nn.Module`` attribute of the training module on
     purpose: the trained model's ``state_dict`` stays the plain model, loadable by ``create_model``.
 
