@@ -94,6 +94,13 @@ class TrainConfig:
     def is_digits(self) -> bool:
         return self.data == "digits"
 
+    @property
+    def side(self) -> int:
+        """The input side of a :meth:`resolved` config."""
+        if self.img_size is None:
+            raise RuntimeError("img_size is filled in by TrainConfig.resolved()")
+        return self.img_size
+
     def resolved(self, default_img_size: int) -> TrainConfig:
         """A copy with every ``None`` default filled in (what the run really uses)."""
         digits = self.is_digits

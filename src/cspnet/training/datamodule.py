@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
@@ -17,10 +17,20 @@ DIGITS_MEAN = (0.19, 0.19, 0.19)  # measured on the 16x16 digits; the ink is spa
 DIGITS_STD = (0.33, 0.33, 0.33)
 
 
-def load_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
-    if cfg.is_digits:
-        return load_digits_split(cfg.img_size)
-    return load_folder_split(cfg.data, cfg.img_size, cfg.val_fraction, seed=0)
+class LabelledImages(Protocol):
+    """What training needs of a data set: sized, indexable, with class names."""
+
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[Any, int]: ...
+
+
+def load_datasets(cfg: TrainConfig) -> tuple[LabelledImages, LabelledImages]:
+    pair: tuple[Any, Any] = (load_digits_split(cfg.side) if cfg.is_digits
+                             else load_folder_split(cfg.data, cfg.side, cfg.val_fraction, seed=0))  # fmt: skip
+    return cast(LabelledImages, pair[0]), cast(LabelledImages, pair[1])
 
 
 def normalization(cfg: TrainConfig) -> tuple[list[float], list[float]]:
@@ -69,14 +79,14 @@ class ImageDataModule(L.LightningDataModule):
     after a resume skip the batches the interrupted run had already trained on.
     """
 
-    def __init__(self, cfg: TrainConfig, train: Dataset, val: Dataset) -> None:
+    def __init__(self, cfg: TrainConfig, train: LabelledImages, val: LabelledImages) -> None:
         super().__init__()
         self.cfg, self.train_set, self.val_set = cfg, train, val
 
-    def _loader(self, dataset: Dataset, sampler: Any, batch_size: int, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: LabelledImages, sampler: Any, batch_size: int, drop_last: bool) -> DataLoader:
         workers = self.cfg.workers or 0
         return DataLoader(
-            dataset,
+            cast(Dataset, dataset),
             batch_size=batch_size,
             sampler=sampler,
             num_workers=workers,
@@ -84,8 +94,13 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
         )
 
+    def _trainer(self) -> L.Trainer:
+        if self.trainer is None:
+            raise RuntimeError("the data module is used by a Trainer only")
+        return self.trainer
+
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
+        trainer = self._trainer()
         sampler = ResumableSampler(
             len(self.train_set), self.cfg.seed, True, trainer.world_size, trainer.global_rank
         )
@@ -99,7 +114,7 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.train_set, sampler, batching.batch_size, batching.drop_last)
 
     def val_dataloader(self) -> DataLoader:
-        trainer = self.trainer
+        trainer = self._trainer()
         # Padding would count some images twice; the val set is split without padding instead.
         indices = list(range(trainer.global_rank, len(self.val_set), trainer.world_size))
         return self._loader(self.val_set, indices, self.cfg.batch_size, drop_last=False)

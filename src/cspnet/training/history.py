@@ -71,8 +71,9 @@ class History(L.Callback):
         if trainer.sanity_checking:
             return
         m = trainer.callback_metrics
-        row = {
-            "epoch": trainer.current_epoch + 1,
+        epoch = trainer.current_epoch + 1
+        row: dict[str, Any] = {
+            "epoch": epoch,
             "train_loss": _num(m.get("train/loss")),
             "val_loss": _num(m.get("val/loss")),
             "val_top1": _num(m.get("val/top1")),
@@ -80,7 +81,7 @@ class History(L.Callback):
             "lr": _num(m.get("lr")),
             "elapsed_s": round(self.elapsed(), 1),
         }
-        self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch] + [row]
         if not trainer.is_global_zero:
             return
         write_history(self.path, self.rows)

@@ -52,9 +52,9 @@ class ClassifierModule(L.LightningModule):
         self.cfg = cfg
         self.model = create_model(model_name, num_classes=num_classes, **model_overrides)
         if cfg.grad_checkpointing:
-            self.model.set_grad_checkpointing(True)
+            self.model.set_grad_checkpointing(True)  # type: ignore[operator]
         if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.normalize = Normalize(mean, std)
         self.augment = BatchAugment(img_size, (cfg.crop_scale or 1.0, 1.0), cfg.hflip or 0.0, cfg.jitter)
         self.mix = MixupCutmix(num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing)
@@ -147,14 +147,18 @@ class ClassifierModule(L.LightningModule):
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for p in self.model.parameters():
             (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.weight_decay},
+                                         {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+        lr = float(cfg.lr) if cfg.lr is not None else 0.0  # resolved configs always have one
+        optimizer: torch.optim.Optimizer
         if cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
         else:
-            optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+            optimizer = torch.optim.AdamW(groups, lr=lr)
         warmup, total = self._schedule_steps()
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, cfg.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -170,7 +174,7 @@ class ClassifierModule(L.LightningModule):
             checkpoint["ema_state_dict"] = self.ema.state_dict()
         # Where the data stands: batches of this epoch already trained (see ResumableSampler).
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        checkpoint["cspnet_position"] = {"epoch": self.current_epoch, "batches": progress.processed}
+        checkpoint["cspnet_position"] = {"epoch": self.current_epoch, "batches": progress.processed}  # type: ignore[attr-defined]
         # The epoch's running mean training loss (torchmetrics keeps it out of the state dict).
         checkpoint["cspnet_train_loss"] = {"mean_value": self.train_loss.mean_value.detach().cpu(),
                                            "weight": self.train_loss.weight.detach().cpu()}  # fmt: skip

@@ -39,7 +39,8 @@ def check_img_size(model: nn.Module, img_size: int) -> None:
     """Reject a side the network cannot take: non-positive, or smaller than its total stride."""
     if img_size < 1:
         raise ValueError(f"--img-size {img_size} is invalid: expected a positive integer")
-    stride = max(f["reduction"] for f in model.feature_info)
+    feature_info: Any = model.feature_info  # every registered model has one
+    stride = max(int(f["reduction"]) for f in feature_info)
     if img_size < stride:
         raise ValueError(
             f"--img-size {img_size} is too small for {model.name}: its feature map would vanish "
@@ -134,7 +135,7 @@ def plan_run(config: TrainConfig, given: Collection[str] | None = None) -> RunPl
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
     cfg = config.resolved(get_model_entry(config.model).input_size[-1])
     with torch.device("meta"):  # validates the overrides and the size without building weights
-        check_img_size(create_model(cfg.model, num_classes=10, **cfg.model_overrides), cfg.img_size)
+        check_img_size(create_model(cfg.model, num_classes=10, **cfg.model_overrides), cfg.side)
     check_writable(out)
     for stale in remove_stale_temporaries(out):
         log.info("removed %s, left by an interrupted write", stale)
@@ -336,7 +337,7 @@ def _fit(config: TrainConfig, callbacks: Sequence[Any], verbose: bool, given: Co
     if cfg.limit_train_batches:
         steps = min(steps, cfg.limit_train_batches)
     module = ClassifierModule(
-        cfg.model, dict(cfg.model_overrides), len(classes), classes, cfg.img_size, mean, std, cfg.to_dict(), steps
+        cfg.model, dict(cfg.model_overrides), len(classes), classes, cfg.side, mean, std, cfg.to_dict(), steps
     )
     if cfg.pretrained and not plan.resume_from:  # a resumed run's weights come from its checkpoint
         module.load_pretrained(cfg.pretrained)
