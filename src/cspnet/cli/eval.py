@@ -91,11 +91,14 @@ def run(args: argparse.Namespace) -> int:
 
     from cspnet.cli.main import CLIError
     from cspnet.cli.options import resolve_crop_pct
+    from cspnet.data.transforms import check_crop_pct
     from cspnet.export import optimize_for_inference
     from cspnet.io import atomic_path, atomic_write_text, dumps_json
     from cspnet.training import load_trained
     from cspnet.training.plots import plot_confusion_matrix
 
+    if args.crop_pct is not None:
+        check_crop_pct(args.crop_pct)  # before the checkpoint is read
     if args.workers < 0:
         raise CLIError(f"--workers {args.workers} is invalid: expected 0 or more")
     out = Path(args.output) if args.output else Path(args.checkpoint).parent

@@ -38,10 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from cspnet.cli.main import CLIError
     from cspnet.cli.options import resolve_crop_pct
     from cspnet.data import read_image
+    from cspnet.data.transforms import check_crop_pct
     from cspnet.export import optimize_for_inference
     from cspnet.io import dumps_json
     from cspnet.training import load_trained
 
+    if args.crop_pct is not None:
+        check_crop_pct(args.crop_pct)  # before the checkpoint is read
     if args.topk < 1:
         raise CLIError(f"--topk {args.topk} is invalid: expected a positive integer")
     trained = load_trained(args.checkpoint, expected_model=args.model)
