@@ -53,7 +53,7 @@ def _dataset(data: str | None, trained: Any, crop_pct: float) -> Any:
         if not root.is_dir():
             raise FileNotFoundError(f"data folder not found: {root} (the run's data; pass --data to evaluate elsewhere)")
         val = load_folder_split(root, size, float(config.get("val_fraction", 0.2)), seed=0, crop_pct=crop_pct)[1]
-        if list(val.classes) != list(class_names):
+        if list(getattr(val, "classes", class_names)) != list(class_names):
             raise CLIError(f"{root} no longer has the run's classes ({', '.join(class_names[:5])}...): pass --data")
         return val
     folder = root / "val" if (root / "val").is_dir() else root
@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     confusion = torch.zeros(n, n, dtype=torch.long)
     loss_sum, top1, top5, seen, skipped = 0.0, 0, 0, 0, 0
     k = min(5, n)
-    loader = DataLoader(_Decodable(dataset), batch_size=args.batch_size, num_workers=args.workers, collate_fn=_collate)
+    decodable: Any = _Decodable(dataset)  # a map-style dataset (DataLoader needs only len and getitem)
+    loader: DataLoader[Any] = DataLoader(decodable, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_collate)
     with torch.inference_mode():
         for images, targets, dropped in loader:
             skipped += dropped

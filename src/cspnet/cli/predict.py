@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from cspnet.cli.options import add_crop_pct, add_inference_precision, inference_dtype, positive_int
 
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     dtype = inference_dtype(args.precision)
     model = optimize_for_inference(trained.model, dtype=dtype)
     k = min(args.topk, len(trained.class_names))
-    results, failed = [], []
+    results: list[dict[str, Any]] = []
+    failed: list[str] = []
     pending: list[tuple[str, torch.Tensor]] = []
 
     def classify(batch: list[tuple[str, torch.Tensor]]) -> None:

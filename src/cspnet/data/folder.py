@@ -84,12 +84,12 @@ def _resize(img: Any, size: int, crop_pct: float | None) -> Any:
     from PIL import Image
 
     if crop_pct is None:  # training: the whole image to the square, random crops come later
-        return img.resize((size, size), Image.BILINEAR)
+        return img.resize((size, size), Image.Resampling.BILINEAR)
     short = resize_size(size, crop_pct)
     width, height = img.size
     scale = short / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    img = img.resize((new_w, new_h), Image.BILINEAR)
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return img.crop((left, top, left + size, top + size))
 
@@ -248,7 +248,7 @@ def _split_indices(targets: Sequence[int], val_fraction: float, seed: int) -> tu
 class Subset(Dataset):
     """A view of some items of a dataset that keeps its ``classes``."""
 
-    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
         self.dataset, self.indices = dataset, list(indices)
         self.classes = dataset.classes
 

@@ -145,7 +145,6 @@ def load_trained(path: str | os.PathLike[str], expected_model: str | None = None
         model = create_model(name, num_classes=num_classes, **dict(overrides))
     except (ValueError, TypeError) as exc:  # unknown model, invalid overrides: the message names them
         raise CheckpointError(f"{where}: cannot rebuild its model: {exc}") from exc
-    model.name = name
     img_size = ckpt["img_size"]
     try:
         check_img_size(img_size, model, what="its img_size")
