@@ -185,6 +185,16 @@ def test_eval_without_data_uses_the_runs_data(tmp_path: Path, capsys) -> None:
     assert main(["eval", "--checkpoint", str(path)]) == 0
     result = json.loads((path.parent / "eval.json").read_text())
     assert result["images"] == 3 and result["crop_pct"] == 0.9  # round(5 * 0.2) = 1 held out per class
+    # A run on DATA/train + DATA/val is evaluated on DATA/val.
+    split = tmp_path / "split"
+    for part, count in (("train", 1), ("val", 2)):
+        for c in ("a", "b", "c"):
+            (split / part / c).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(split / part / c / f"{i}.png")
+    torch.save(fake_checkpoint(data=str(split)), path)
+    assert main(["eval", "--checkpoint", str(path)]) == 0
+    assert json.loads((path.parent / "eval.json").read_text())["images"] == 6
     # The folder gone: a one-line error that says whose data it was.
     torch.save(fake_checkpoint(data=str(tmp_path / "gone")), path)
     err = one_line_error(capsys, ["eval", "--checkpoint", str(path)])

@@ -52,6 +52,8 @@ def _dataset(data: str | None, trained: Any, crop_pct: float) -> Any:
     if own_split:
         if not root.is_dir():
             raise FileNotFoundError(f"data folder not found: {root} (the run's data; pass --data to evaluate elsewhere)")
+        if (root / "train").is_dir() and (root / "val").is_dir():  # no need to scan the training images
+            return ImageFolder(root / "val", size, classes=class_names, crop_pct=crop_pct)
         val = load_folder_split(root, size, float(config.get("val_fraction", 0.2)), seed=0, crop_pct=crop_pct)[1]
         if list(getattr(val, "classes", class_names)) != list(class_names):
             raise CLIError(f"{root} no longer has the run's classes ({', '.join(class_names[:5])}...): pass --data")
