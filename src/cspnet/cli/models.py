@@ -28,8 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def live_rows() -> list[Row]:
-    """Every registered model's row, computed from the registry (shapes only, on the meta device)."""
+def live_rows(pattern: str = "*") -> list[Row]:
+    """The rows of the registered models matching ``pattern``, computed from the registry (meta device)."""
     import torch
 
     from cspnet import create_model, get_model_entry, list_models
@@ -37,7 +37,7 @@ def live_rows() -> list[Row]:
 
     rows = []
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        for name in list_models():
+        for name in list_models(pattern):
             entry = get_model_entry(name)
             params = count_params(create_model(name))
             rows.append((name, params, "x".join(map(str, entry.input_size[1:])), entry.description))
@@ -72,7 +72,8 @@ def render_table_module(rows: list[Row]) -> str:
 def run(args: argparse.Namespace) -> int:
     from cspnet.cli.main import CLIError
 
-    rows = [r for r in (live_rows() if args.live else table_rows()) if fnmatch.fnmatchcase(r[0], args.pattern)]
+    rows = live_rows(args.pattern) if args.live else table_rows()
+    rows = [r for r in rows if fnmatch.fnmatchcase(r[0], args.pattern)]
     if not rows:
         raise CLIError(f"no model matches {args.pattern!r}; try `cspnet models` for the full list")
     if args.names_only:
