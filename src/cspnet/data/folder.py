@@ -110,7 +110,7 @@ def read_image(path: str | os.PathLike[str], size: int, crop_pct: float | None =
     >>> read_image(path, 2).unique().tolist()  # 1000 / 65535 of full scale, not saturated
     [4]
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as img:
@@ -118,8 +118,10 @@ def read_image(path: str | os.PathLike[str], size: int, crop_pct: float | None =
             array = np.asarray(_resize(_rgb(upright), size, crop_pct), dtype=np.uint8).copy()
     except Image.DecompressionBombError as exc:
         raise ValueError(f"cannot read image {path}: too large to decode safely ({exc})") from exc
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    except Exception as exc:
+        # Pillow's decoders raise more than OSError on damaged files (fuzzing found TypeError from a
+        # TIFF tag, SyntaxError, EOFError, struct.error): whatever a file makes them raise, it is a bad file.
+        raise ValueError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
