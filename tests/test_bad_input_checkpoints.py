@@ -199,3 +199,18 @@ def test_eval_without_data_uses_the_runs_data(tmp_path: Path, capsys) -> None:
     torch.save(fake_checkpoint(data=str(tmp_path / "gone")), path)
     err = one_line_error(capsys, ["eval", "--checkpoint", str(path)])
     assert "data folder not found" in err and "the run's data" in err
+
+
+def test_a_real_training_checkpoint_gives_create_model_its_ema_weights(tmp_path: Path) -> None:
+    from cspnet.training import TrainConfig, fit
+
+    overrides = {"block_config": (2, 2, 2)}
+    fit(TrainConfig(model_overrides=overrides, img_size=8, epochs=1, output=str(tmp_path)), verbose=False)
+    best = tmp_path / "best.ckpt"
+    model = cspnet.create_model("cspdensenet_bc40", num_classes=10, pretrained=best, **overrides)
+    trained = load_trained(best)
+    assert trained.weights == "ema"
+    for key, value in trained.model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    raw = torch.load(best, weights_only=True)["state_dict"]["model.stem.conv1.conv.weight"]
+    assert not torch.equal(model.stem.conv1.conv.weight, raw)  # the EMA, not the raw weights
