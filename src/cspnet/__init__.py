@@ -6,24 +6,56 @@
 torch.Size([2, 10])
 """
 
+from typing import TYPE_CHECKING, Any
+
 from cspnet.runtime import default_openmp_wait_policy, tune_cpu_allocator
 
 # Before torch is imported: OpenMP reads the policy once (see cspnet.runtime for the measurements).
 default_openmp_wait_policy()
 
-from cspnet import profiling  # noqa: E402
-from cspnet.convert import CheckpointError  # noqa: E402
-from cspnet.export import optimize_for_inference  # noqa: E402
-from cspnet.models import (  # noqa: E402
-    Backbone,
-    FeatureExtractor,
-    FeatureInfo,
-    UnknownModelError,
-    create_model,
-    get_model_entry,
-    list_models,
-)
-from cspnet.profiling import ModelProfile, profile  # noqa: E402
+# The public names are imported on first use (PEP 562): ``import cspnet`` stays cheap, so the
+# ``cspnet`` command starts without torch for ``--help``, ``--version`` and ``models``.
+_LAZY = {
+    "Backbone": "cspnet.models",
+    "FeatureExtractor": "cspnet.models",
+    "FeatureInfo": "cspnet.models",
+    "UnknownModelError": "cspnet.models",
+    "create_model": "cspnet.models",
+    "get_model_entry": "cspnet.models",
+    "list_models": "cspnet.models",
+    "CheckpointError": "cspnet.convert",
+    "optimize_for_inference": "cspnet.export",
+    "ModelProfile": "cspnet.profiling",
+    "profile": "cspnet.profiling",
+}
+
+if TYPE_CHECKING:
+    from cspnet import profiling
+    from cspnet.convert import CheckpointError
+    from cspnet.export import optimize_for_inference
+    from cspnet.models import (
+        Backbone,
+        FeatureExtractor,
+        FeatureInfo,
+        UnknownModelError,
+        create_model,
+        get_model_entry,
+        list_models,
+    )
+    from cspnet.profiling import ModelProfile, profile
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "profiling":
+        return importlib.import_module("cspnet.profiling")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cspnet' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

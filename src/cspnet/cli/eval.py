@@ -1,41 +1,89 @@
 """``cspnet eval --checkpoint C [--data PATH]``: top-1, top-5, loss and a confusion-matrix PNG.
 
 Everything the model needs (name, config overrides, classes, input size, normalisation) comes from
-the checkpoint written by ``cspnet train``; ``--data`` defaults to the digits' held-out split.
+the checkpoint written by ``cspnet train``. Without ``--data`` the run's own held-out split is
+evaluated: the digits' for a digits run, the folder's ``val/`` or its seeded split for a folder run
+(the checkpoint records the folder in ``train_config``). The evaluation resize follows timm's
+``crop_pct`` (``--crop-pct``, default: the run's, else 0.875 for folders and 1.0 for the digits).
+Images that cannot be decoded are left out and counted (``skipped_images`` in ``eval.json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+from typing import Any
 
-from cspnet.cli.options import add_inference_precision, inference_dtype
+from cspnet.cli.options import add_crop_pct, add_inference_precision, inference_dtype, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a `cspnet train` checkpoint (top-1, top-5, loss, confusion matrix)")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="last.ckpt / best.ckpt of `cspnet train`")
-    p.add_argument("--data", default="digits", help="'digits' (held-out split) or a folder: DATA/val/<class>/*, "
-                   "or DATA/<class>/* (all of it is evaluated)")
+    p.add_argument("--data", default=None, help="'digits' (held-out split) or a folder: DATA/val/<class>/*, "
+                   "or DATA/<class>/* (all of it is evaluated); default: the held-out split of the data "
+                   "the checkpoint was trained on")
     p.add_argument("--model", help="fail unless the checkpoint holds this model")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--no-ema", dest="ema", action="store_false", help="evaluate the raw weights, not the EMA")
     add_inference_precision(p)
+    add_crop_pct(p)
     p.add_argument("--output", metavar="DIR", help="where confusion_matrix.png and eval.json go "
                    "(default: the checkpoint's folder)")
     p.set_defaults(func=run)  # fmt: skip
 
 
-def _dataset(data: str, img_size: int, class_names: list[str]):
-    from cspnet.data import ImageFolder, load_digits_split
+def _dataset(data: str | None, trained: Any, crop_pct: float) -> Any:
+    """The images to evaluate: ``data`` as given, or (``None``) the run's own held-out split."""
+    from cspnet.cli.main import CLIError
+    from cspnet.data import ImageFolder, load_digits_split, load_folder_split
 
+    size, class_names, config = trained.img_size, trained.class_names, trained.train_config
+    own_split = data is None
+    if own_split:
+        data = str(config.get("data") or "digits")
+    assert data is not None
     if data == "digits":
-        return load_digits_split(img_size)[1]
+        if len(class_names) != 10:
+            raise CLIError(f"the checkpoint has {len(class_names)} classes, the digits 10: pass --data FOLDER")
+        return load_digits_split(size, crop_pct=crop_pct)[1]
     root = Path(data)
+    if own_split:
+        if not root.is_dir():
+            raise FileNotFoundError(f"data folder not found: {root} (the run's data; pass --data to evaluate elsewhere)")
+        if (root / "train").is_dir() and (root / "val").is_dir():  # no need to scan the training images
+            return ImageFolder(root / "val", size, classes=class_names, crop_pct=crop_pct)
+        val = load_folder_split(root, size, float(config.get("val_fraction", 0.2)), seed=0, crop_pct=crop_pct)[1]
+        if list(getattr(val, "classes", class_names)) != list(class_names):
+            raise CLIError(f"{root} no longer has the run's classes ({', '.join(class_names[:5])}...): pass --data")
+        return val
     folder = root / "val" if (root / "val").is_dir() else root
-    return ImageFolder(folder, img_size, classes=class_names)
+    return ImageFolder(folder, size, classes=class_names, crop_pct=crop_pct)
+
+
+class _Decodable:
+    """Items of ``dataset`` with ``None`` for an image that cannot be decoded (no substitution)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.load = getattr(dataset, "load", dataset.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.load(i)
+
+
+def _collate(items: list[Any]) -> tuple[Any, Any, int]:
+    """A batch of the decodable items and how many were not."""
+    import torch
+
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), len(items)
+    return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept]), len(items) - len(kept)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,20 +91,37 @@ def run(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
+    from cspnet.cli.main import CLIError
+    from cspnet.cli.options import resolve_crop_pct
+    from cspnet.data.transforms import check_crop_pct
     from cspnet.export import optimize_for_inference
+    from cspnet.io import atomic_path, atomic_write_text, dumps_json
     from cspnet.training import load_trained
     from cspnet.training.plots import plot_confusion_matrix
 
+    if args.crop_pct is not None:
+        check_crop_pct(args.crop_pct)  # before the checkpoint is read
+    if args.workers < 0:
+        raise CLIError(f"--workers {args.workers} is invalid: expected 0 or more")
+    out = Path(args.output) if args.output else Path(args.checkpoint).parent
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--output {out} is a file: eval writes eval.json and confusion_matrix.png into a folder")
     trained = load_trained(args.checkpoint, expected_model=args.model, ema=args.ema)
     dtype = inference_dtype(args.precision)
     model = optimize_for_inference(trained.model, dtype=dtype)  # exact in fp32; bf16 is what is measured
-    dataset = _dataset(args.data, trained.img_size, trained.class_names)
+    crop_pct = resolve_crop_pct(args.crop_pct, trained.train_config, args.data)
+    dataset = _dataset(args.data, trained, crop_pct)
     n = len(trained.class_names)
     confusion = torch.zeros(n, n, dtype=torch.long)
-    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    loss_sum, top1, top5, seen, skipped = 0.0, 0, 0, 0, 0
     k = min(5, n)
+    decodable: Any = _Decodable(dataset)  # a map-style dataset (DataLoader needs only len and getitem)
+    loader: DataLoader[Any] = DataLoader(decodable, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_collate)
     with torch.inference_mode():
-        for images, targets in DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers):
+        for images, targets, dropped in loader:
+            skipped += dropped
+            if not len(targets):
+                continue
             x = trained.preprocess(images).to(dtype=dtype, memory_format=torch.channels_last)
             logits = model(x).float()
             loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
@@ -65,13 +130,16 @@ def run(args: argparse.Namespace) -> int:
             top5 += int((best == targets[:, None]).any(1).sum())
             seen += len(targets)
             confusion.index_put_((targets, best[:, 0]), torch.ones_like(targets), accumulate=True)
-    result = {"checkpoint": str(args.checkpoint), "model": trained.name, "precision": args.precision, "images": seen,
+    if not seen:
+        raise CLIError(f"none of the {skipped} image(s) could be decoded")
+    result = {"checkpoint": str(args.checkpoint), "model": trained.name, "precision": args.precision,
+              "weights": trained.weights, "crop_pct": crop_pct, "images": seen, "skipped_images": skipped,
               "top1": round(100 * top1 / seen, 4), "top5": round(100 * top5 / seen, 4),
               "loss": round(loss_sum / seen, 6)}  # fmt: skip
-    out = Path(args.output) if args.output else Path(args.checkpoint).parent
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot_confusion_matrix(confusion, trained.class_names, out / "confusion_matrix.png")
+    atomic_write_text(out / "eval.json", dumps_json(result))  # a NaN loss is written as null
+    with atomic_path(out / "confusion_matrix.png") as tmp:
+        plot_confusion_matrix(confusion, trained.class_names, tmp)
+    note = f"  ({skipped} undecodable image(s) left out)" if skipped else ""
     print(f"{trained.name} ({args.precision}) on {seen} images: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-          f"loss {result['loss']:.4f}  (confusion matrix: {out / 'confusion_matrix.png'})")
+          f"loss {result['loss']:.4f}  (confusion matrix: {out / 'confusion_matrix.png'}){note}")
     return 0

@@ -8,6 +8,10 @@ Examples::
 
 The file is run (onnxruntime / ``torch.jit.load``) on a random batch of another size than the export
 batch; the command fails if its outputs differ from PyTorch's by more than ``--tolerance`` relative.
+``--output`` is checked before anything is built (a folder or an unwritable place is a one-line
+error) and written atomically: a temporary file in the same folder, moved into place once written
+(a symlink at ``--output`` is replaced, its target left alone). A weight file whose classifier does
+not match ``--num-classes`` loads without it, with a warning (the classifier stays random).
 """
 
 from __future__ import annotations
@@ -50,7 +54,11 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
     """
     from cspnet import create_model, get_model_entry
     from cspnet.cli.main import CLIError
+    from cspnet.data.transforms import check_img_size
     from cspnet.training.trained import is_training_checkpoint, load_trained
+
+    if args.img_size is not None:
+        check_img_size(args.img_size)  # the range before building anything; the stride below
 
     if args.checkpoint and is_training_checkpoint(args.checkpoint):
         trained = load_trained(args.checkpoint, expected_model=args.model)
@@ -64,20 +72,26 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
         model = create_model(args.model, pretrained=args.checkpoint or False, num_classes=num_classes)
         default_size = get_model_entry(args.model).input_size[-1]
     img_size = args.img_size if args.img_size is not None else default_size
-    if img_size < 1:
-        raise CLIError(f"--img-size {img_size} is invalid: expected a positive integer")
+    check_img_size(img_size, model)
     return model, img_size
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
     from cspnet.cli.main import CLIError
     from cspnet.export import EXPORT_FORMATS, export_model
+    from cspnet.io import atomic_path, check_output_file
 
     if args.fmt not in EXPORT_FORMATS:
         raise CLIError(f"--format {args.fmt!r} is not supported: expected one of {', '.join(EXPORT_FORMATS)}")
+    output = check_output_file(args.output)
     model, img_size = build_model_from_args(args)
     options = {"exporter": args.onnx_exporter} if args.fmt == "onnx" else {}
-    result = export_model(model, args.fmt, args.output, img_size, optimize=args.optimize, **options)
+    with atomic_path(output) as tmp:
+        result = export_model(model, args.fmt, tmp, img_size, optimize=args.optimize, **options)
+        result = dataclasses.replace(result, path=Path(output))
     print(result.summary())
     if not result.max_rel_diff <= args.tolerance:  # also catches NaN
         raise CLIError(

@@ -1,8 +1,13 @@
 """``cspnet`` entry point: dispatches to one module per subcommand, turns errors into one line.
 
 A subcommand module ``cspnet.cli.<name>`` defines ``add_parser(subparsers)`` which registers its
-parser and sets ``func`` (called with the parsed arguments, returning an exit code). Modules import
-their heavy dependencies inside ``func`` so that ``cspnet --help`` stays fast.
+parser and sets ``func`` (called with the parsed arguments, returning an exit code). Only the module
+of the command being run is imported; the others appear in ``cspnet --help`` through their one-line
+help in :data:`COMMANDS` (a test checks it matches the modules). Modules import their heavy
+dependencies inside ``func``, so ``cspnet --help`` and ``cspnet --version`` never load torch.
+
+Output cut short by the reader (``cspnet models | head -1``) ends quietly with status 141, as a
+process killed by SIGPIPE would.
 """
 
 from __future__ import annotations
@@ -11,13 +16,25 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-# The order in which subcommands appear in ``cspnet --help``.
-COMMANDS = ("models", "profile", "reproduce", "train", "eval", "predict", "demo", "export", "benchmark")
+# Every subcommand with its one-line help, in the order of ``cspnet --help``.
+COMMANDS = {
+    "models": "list the registered models with their parameter counts",
+    "profile": "parameters, MACs, darknet BFLOPs, CIO and activation memory (per stage)",
+    "reproduce": "regenerate docs/reproduction.md: published vs measured costs, CSP ablation, plots",
+    "train": "train a model (Lightning: CPU, GPUs, DDP, multi-node)",
+    "eval": "evaluate a `cspnet train` checkpoint (top-1, top-5, loss, confusion matrix)",
+    "predict": "classify images with a `cspnet train` checkpoint",
+    "demo": "train a CSPDenseNet and its DenseNet twin on the digits, compare them",
+    "export": "export a model to ONNX or TorchScript (checked against PyTorch)",
+    "benchmark": "inference / training throughput, latency and peak memory",
+}
 # Commands that only run inference keep freed memory in the process (``benchmark`` decides per row).
 INFERENCE_COMMANDS = ("eval", "predict", "export")
+SIGPIPE_EXIT = 128 + 13
 
 
 class CLIError(Exception):
@@ -25,26 +42,53 @@ class CLIError(Exception):
 
 
 # Exceptions whose message is already a user-facing explanation (bad input, not a bug).
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from cspnet.convert import CheckpointError
+# CheckpointError and UnknownModelError are ValueErrors; OSError covers missing, unwritable and
+# full files and folders.
+USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, ValueError, TypeError, OSError)
 
-    return (CLIError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, CheckpointError)
+
+def _available(name: str) -> bool:
+    return importlib.util.find_spec(f"cspnet.cli.{name}") is not None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` runs: its first word that is not a top-level option."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The ``cspnet`` parser; ``command`` is the subcommand whose module is imported (``"*"``: all)."""
+    from cspnet import __version__
+
     parser = argparse.ArgumentParser(
         prog="cspnet", description="Cross Stage Partial Networks: models, profiling, training, export."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument("--version", action="version", version=f"cspnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        if importlib.util.find_spec(f"cspnet.cli.{name}") is not None:
+    for name, help_text in COMMANDS.items():
+        if not _available(name):
+            continue
+        if command in ("*", name):
             importlib.import_module(f"cspnet.cli.{name}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
+def _quiet_broken_pipe() -> int:
+    # The reader has gone: send what is still buffered nowhere, so the exit flush cannot fail again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return SIGPIPE_EXIT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not getattr(args, "func", None):
@@ -55,11 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         tune_cpu_allocator()  # faster inference; see cspnet.runtime for why training is left alone
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print("cspnet: interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         if args.verbose:
             raise
         message = str(exc).strip() or type(exc).__name__

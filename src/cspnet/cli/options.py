@@ -43,6 +43,48 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: expected a positive integer")
+    return value
+
+
+def add_crop_pct(parser: argparse.ArgumentParser) -> None:
+    """``--crop-pct F``: the evaluation resize (timm's ``crop_pct``)."""
+    parser.add_argument(
+        "--crop-pct",
+        type=float,
+        default=None,
+        metavar="F",
+        help="evaluation resize: the short side to img_size / F, then the centre img_size square "
+        "(default: the run's, else 0.875 for folders, 1.0 for the digits)",
+    )
+
+
+def resolve_crop_pct(flag: float | None, train_config: dict[str, Any], data: str | None = None) -> float:
+    """``--crop-pct`` if given, else the run's ``train_config["crop_pct"]``, else the data's default.
+
+    >>> resolve_crop_pct(None, {"data": "digits"}), resolve_crop_pct(None, {"data": "photos/"})
+    (1.0, 0.875)
+    >>> resolve_crop_pct(0.9, {"crop_pct": 0.95}), resolve_crop_pct(None, {"crop_pct": 0.95})
+    (0.9, 0.95)
+    """
+    from cspnet.data.transforms import DEFAULT_CROP_PCT, DIGITS_CROP_PCT, check_crop_pct
+
+    if flag is not None:
+        return check_crop_pct(flag)
+    recorded = train_config.get("crop_pct")
+    if recorded is not None:
+        return check_crop_pct(recorded, what="the checkpoint's crop_pct")
+    data = data if data is not None else train_config.get("data", "digits")
+    return DIGITS_CROP_PCT if data == "digits" else DEFAULT_CROP_PCT
+
+
 INFERENCE_PRECISIONS = ("fp32", "bf16")
 
 

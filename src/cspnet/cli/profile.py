@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from cspnet.cli.options import add_config_overrides, parse_overrides
@@ -112,13 +113,26 @@ def format_comparison(profiles: list[Any]) -> str:
     return "\n".join(_table(header, rows))
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r: tuple[str, ...]) -> str:
         return "  ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths)))
 
     return [line(header), line(tuple("-" * w for w in widths)), *(line(r) for r in rows)]
+
+
+def _check_img_size(img_size: int, names: list[str], overrides: dict[str, Any]) -> None:
+    """``--img-size`` in range and at least every model's stride (models built on the meta device: free)."""
+    import torch
+
+    from cspnet import create_model
+    from cspnet.data.transforms import check_img_size
+
+    check_img_size(img_size)
+    with torch.device("meta"):
+        for name in names:
+            check_img_size(img_size, create_model(name, **overrides))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,9 +144,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("name a model (`cspnet profile densenet121`) or several with --compare A B ...")
     if args.compare and len(names) < 2:
         raise CLIError("--compare needs at least two models")
-    if args.img_size is not None and args.img_size < 1:
-        raise CLIError(f"--img-size {args.img_size} is invalid: expected a positive side length")
     overrides = parse_overrides(args.overrides)
+    if args.img_size is not None:
+        _check_img_size(args.img_size, names, overrides)
     profiles = [profile(n, args.img_size, **overrides) for n in names]
 
     if args.json:

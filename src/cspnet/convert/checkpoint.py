@@ -4,10 +4,18 @@ Nothing here executes code from a file: ``.safetensors`` files are read with saf
 else with ``torch.load(..., weights_only=True)``. Peer layouts (torchvision, timm, darknet) are
 recognised by their keys and converted to this library's layout by the converters registered with
 :func:`register_converter`.
+
+Every problem with a file is a :class:`CheckpointError` naming it: besides files that cannot be read
+or do not fit the model, a state dict whose keys are not strings, whose tensors hold no data (meta),
+are not dense (sparse, nested, quantized), hold NaN or infinity, or whose dtype cannot hold the
+model's values (an integer or complex tensor for a float parameter). Floating-point tensors of
+another precision (fp16, bf16, fp64) are cast to the model's dtype: that is how published half
+precision files are meant to be used.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +26,8 @@ import torch
 from torch import Tensor, nn
 
 StateDict = dict[str, Tensor]
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -56,8 +66,26 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "ema_state
 _PREFIXES = ("module.", "model.", "_orig_mod.")
 
 
-def _unwrap(obj: Any, path: Path) -> StateDict:
+def _training_checkpoint_weights(obj: Mapping) -> Any:
+    """The EMA weights of a ``cspnet train`` checkpoint (what ``eval`` and ``predict`` use), else its raw ones.
+
+    Such a checkpoint names its model and holds Lightning's ``state_dict`` (keys ``model.*``) and,
+    with EMA on, ``ema_state_dict = {"module": {...}, ...}``.
+    """
+    ema = obj.get("ema_state_dict")
+    if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
+        return ema["module"]
+    raw = obj.get("state_dict")
+    if isinstance(raw, Mapping):
+        model_keys = {k: v for k, v in raw.items() if isinstance(k, str) and k.startswith("model.")}
+        return model_keys or raw
+    return raw
+
+
+def _unwrap(obj: Any, path: Path | str) -> StateDict:
     """Find the tensor mapping inside common checkpoint wrappers and strip DDP/Lightning prefixes."""
+    if isinstance(obj, Mapping) and "model_name" in obj and "state_dict" in obj:
+        obj = _training_checkpoint_weights(obj)
     for _ in range(3):
         if isinstance(obj, Mapping) and obj and not all(isinstance(v, Tensor) for v in obj.values()):
             inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
@@ -69,10 +97,64 @@ def _unwrap(obj: Any, path: Path) -> StateDict:
     state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if not state:
         raise CheckpointError(f"{path}: no tensors found in the checkpoint")
+    check_state_dict(state, str(path))
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
+
+
+def _describe_key(key: object) -> str:
+    text = repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_state_dict(state: Mapping[Any, Any], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` unless ``state`` maps string keys to dense tensors with data.
+
+    >>> check_state_dict({"w": torch.zeros(2)})
+    >>> check_state_dict({0: torch.zeros(2)})
+    Traceback (most recent call last):
+    ...
+    cspnet.convert.checkpoint.CheckpointError: checkpoint: key 0 is not a string (a state dict maps parameter names to tensors)
+    """
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source}: expected a mapping of parameter names to tensors, not {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(
+                f"{source}: key {_describe_key(key)} is not a string (a state dict maps parameter names to tensors)"
+            )
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{source}: {key} is a {type(value).__name__}, not a tensor")
+        if value.is_meta:
+            raise CheckpointError(f"{source}: {key} is a meta tensor (a shape without data)")
+        if value.layout != torch.strided or value.is_nested:
+            raise CheckpointError(f"{source}: {key} is a {value.layout} tensor; only dense tensors can be loaded")
+        if value.is_quantized:
+            raise CheckpointError(f"{source}: {key} is a quantized tensor ({value.dtype}); cspnet models are float")
+
+
+def _check_values(state: StateDict, own: StateDict, source: str) -> None:
+    """Dtypes that cannot hold the model's values, and NaN / infinity, are errors (see the module doc)."""
+    bad_dtype, not_finite = [], []
+    for key, value in state.items():
+        target = own.get(key)
+        if target is None:
+            continue
+        if target.is_floating_point():
+            if not value.is_floating_point():
+                bad_dtype.append(f"{key} ({value.dtype}, the model's is {target.dtype})")
+            elif value.numel() and not bool(torch.isfinite(value.float()).all()):
+                not_finite.append(key)
+        elif value.is_floating_point() or value.is_complex():
+            bad_dtype.append(f"{key} ({value.dtype}, the model's is {target.dtype})")
+    if bad_dtype:
+        raise CheckpointError(f"{source}: tensors of the wrong kind of dtype: {', '.join(bad_dtype[:5])}"
+                              + (f" (+{len(bad_dtype) - 5} more)" if len(bad_dtype) > 5 else ""))
+    if not_finite:
+        raise CheckpointError(f"{source}: NaN or infinite values in {', '.join(not_finite[:5])}"
+                              + (f" (+{len(not_finite) - 5} more)" if len(not_finite) > 5 else ""))
 
 
 def read_state_dict(path: str | os.PathLike[str], model: nn.Module | None = None) -> StateDict:
@@ -104,6 +186,7 @@ def read_state_dict(path: str | os.PathLike[str], model: nn.Module | None = None
 
 def convert_state_dict(state: StateDict, model: nn.Module) -> tuple[StateDict, str]:
     """Convert ``state`` from whichever peer layout it is in; returns it and the layout's name."""
+    check_state_dict(state)
     for converter in _CONVERTERS:
         if converter.detect(state, model):
             return converter.convert(state, model), converter.name
@@ -152,6 +235,7 @@ def load_weights(model: nn.Module, state: StateDict, source: str = "checkpoint")
     fresh initialisation). Anything else that does not fit raises :class:`CheckpointError` listing the
     missing, unexpected and mis-shaped keys. Returns notes on what was adapted.
     """
+    check_state_dict(state, source)
     own = model.state_dict()
     notes: list[str] = []
     state = dict(state)
@@ -162,20 +246,35 @@ def load_weights(model: nn.Module, state: StateDict, source: str = "checkpoint")
             state[first_conv] = adapted
             notes.append(f"adapted {first_conv} from 3 to {own[first_conv].shape[1]} input channels")
     head = _head_names(model)
+    file_head = state.get("head.fc.weight")
     head_skipped = (
         bool(head)
         and all(k in state for k in head)
+        and state["head.fc.weight"].dim() == 2
+        and state["head.fc.bias"].dim() == 1
         and state["head.fc.weight"].shape != own["head.fc.weight"].shape
         and state["head.fc.weight"].shape[1] == own["head.fc.weight"].shape[1]
     )
-    if head_skipped:
-        ckpt_classes = state["head.fc.weight"].shape[0]
-        for k in head:
-            state.pop(k)
-        notes.append(
-            f"classifier not loaded: the checkpoint has {ckpt_classes} classes, "
-            f"the model {own['head.fc.weight'].shape[0]}"
+    # A classifier in the file and none in the model (num_classes=0: pooled features) is dropped too.
+    headless = (
+        not head
+        and getattr(model, "num_classes", None) == 0
+        and isinstance(file_head, Tensor)
+        and file_head.dim() == 2
+        and "head.fc.weight" not in own
+    )
+    if head_skipped or headless:
+        assert isinstance(file_head, Tensor)
+        ckpt_classes = file_head.shape[0]
+        for k in ("head.fc.weight", "head.fc.bias"):
+            state.pop(k, None)
+        model_classes = own["head.fc.weight"].shape[0] if head_skipped else 0
+        note = (
+            f"classifier not loaded: the checkpoint has {ckpt_classes} classes, the model {model_classes}"
+            + (" (it keeps its fresh random initialisation)" if model_classes else "")
         )
+        notes.append(note)
+        log.warning("%s: %s", source, note)  # a random classifier must never be a surprise
 
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if head_skipped:
@@ -195,6 +294,7 @@ def load_weights(model: nn.Module, state: StateDict, source: str = "checkpoint")
         if mis_shaped:
             lines.append(_summarise("mis-shaped keys", mis_shaped))
         raise CheckpointError("\n".join(lines))
+    _check_values(state, own, source)
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(v.to(own[k].dtype))

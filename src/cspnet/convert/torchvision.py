@@ -12,12 +12,13 @@ torchvision keys (published files use the legacy ``norm.1`` / ``conv.1`` spellin
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from torch import nn
 
 from cspnet.convert.checkpoint import Converter, StateDict, register_converter
 
-_RULES: list[tuple[re.Pattern[str], str]] = [
+_RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (re.compile(r"^features\.conv0\."), "stem.conv1.conv."),
     (re.compile(r"^features\.norm0\."), "stem.conv1.bn."),
     (

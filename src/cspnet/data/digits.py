@@ -32,7 +32,7 @@ class TensorImages(Dataset):
 
 def digits_images(img_size: int) -> tuple[Tensor, Tensor]:
     """All 1,797 digits as ``uint8 (N, 3, img_size, img_size)`` and their labels."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # pixel values are 0..16
@@ -42,14 +42,25 @@ def digits_images(img_size: int) -> tuple[Tensor, Tensor]:
     return x, torch.from_numpy(bunch.target.astype(np.int64))
 
 
-def load_digits_split(img_size: int = 16) -> tuple[TensorImages, TensorImages]:
-    """The digits split into 1,438 training and 359 held-out images (stratified, fixed seed)."""
+def load_digits_split(img_size: int = 16, crop_pct: float = 1.0) -> tuple[TensorImages, TensorImages]:
+    """The digits split into 1,438 training and 359 held-out images (stratified, fixed seed).
+
+    ``crop_pct`` is the held-out images' evaluation resize (see :mod:`cspnet.data.transforms`): 1.0,
+    the default, keeps the whole digit; below 1 the digits are upsampled to ``img_size / crop_pct``
+    and their centre kept, as a folder's images would be.
+    """
     from cspnet.data.folder import _split_indices
+    from cspnet.data.transforms import resize_size
 
     images, targets = digits_images(img_size)
     train_idx, val_idx = _split_indices(targets.tolist(), DIGITS_VAL_FRACTION, DIGITS_SPLIT_SEED)
     classes = [str(i) for i in range(10)]
+    val_images = images[val_idx]
+    side = resize_size(img_size, crop_pct)
+    if side != img_size:
+        start = (side - img_size) // 2
+        val_images = digits_images(side)[0][val_idx][..., start : start + img_size, start : start + img_size]
     return (
         TensorImages(images[train_idx], targets[train_idx], classes),
-        TensorImages(images[val_idx], targets[val_idx], classes),
+        TensorImages(val_images.contiguous(), targets[val_idx], classes),
     )

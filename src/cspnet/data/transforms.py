@@ -6,7 +6,9 @@ training module seeds that RNG per step so augmentation is reproducible across r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,57 @@ from torch import Tensor, nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Evaluation resize (timm's ``crop_pct``): the short side goes to ``floor(img_size / crop_pct)``, then
+# the centre ``img_size`` square is kept. 0.875 (224 of 256) is the ImageNet convention of timm and
+# torchvision, right for photos whose subject fills the frame; the digits are already exactly
+# ``img_size`` square and keep all of it (1.0).
+DEFAULT_CROP_PCT = 0.875
+DIGITS_CROP_PCT = 1.0
+# The largest input side accepted anywhere (CLI flags, checkpoints): a 4096^2 RGB batch of one is
+# already 200 MB as float32, and no registered model is meant for more.
+MAX_IMG_SIZE = 4096
+
+
+def check_img_size(size: Any, model: nn.Module | None = None, what: str = "--img-size") -> None:
+    """Raise ``ValueError`` unless ``size`` is an integer side from the model's stride to :data:`MAX_IMG_SIZE`.
+
+    >>> check_img_size(100000)
+    Traceback (most recent call last):
+    ...
+    ValueError: --img-size 100000 is too large: at most 4096
+    """
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise ValueError(f"{what} {size!r} is invalid: expected a positive integer")
+    if size < 1:
+        raise ValueError(f"{what} {size} is invalid: expected a positive integer")
+    if size > MAX_IMG_SIZE:
+        raise ValueError(f"{what} {size} is too large: at most {MAX_IMG_SIZE}")
+    info = getattr(model, "feature_info", None)
+    if model is not None and info:
+        stride = max(f["reduction"] for f in info)
+        if size < stride:
+            name = getattr(model, "name", "") or type(model).__name__
+            raise ValueError(
+                f"{what} {size} is too small for {name}: its feature map would vanish "
+                f"(total stride {stride}); use at least {stride}"
+            )
+
+
+def check_crop_pct(crop_pct: Any, what: str = "--crop-pct") -> float:
+    """``crop_pct`` as a float in ``(0, 1]``, else ``ValueError``."""
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, int | float) or not 0 < crop_pct <= 1:
+        raise ValueError(f"{what} {crop_pct!r} is invalid: expected a fraction in (0, 1], e.g. 0.875")
+    return float(crop_pct)
+
+
+def resize_size(img_size: int, crop_pct: float) -> int:
+    """The short side images are resized to before the centre ``img_size`` crop.
+
+    >>> resize_size(224, 0.875), resize_size(16, 1.0)
+    (256, 16)
+    """
+    return max(img_size, math.floor(img_size / check_crop_pct(crop_pct) + 1e-6))
+
 
 class Normalize(nn.Module):
     """uint8 or [0, 1] float ``(N, C, H, W)`` -> ``(x / 255 - mean) / std`` as float32.
@@ -22,6 +75,9 @@ class Normalize(nn.Module):
     >>> Normalize((0.5,) * 3, (0.5,) * 3)(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)).unique()
     tensor([1.])
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

@@ -49,7 +49,10 @@ def create_model(
         pretrained: ``False``; ``True`` to fetch the published weights (torchvision / timm, needs a
             network); or the path of a weight file: this library's own ``state_dict`` (``torch.save``
             or ``.safetensors``), a torchvision or timm checkpoint as published, or darknet
-            ``.weights`` for the ``_paper`` models. Peer layouts are detected and converted.
+            ``.weights`` for the ``_paper`` models, or a ``cspnet train`` checkpoint (``best.ckpt``,
+            ``last.ckpt``), whose EMA weights are loaded: the ones ``cspnet eval`` and ``predict``
+            use (its raw weights when the run kept no EMA). Peer layouts are detected and converted;
+            a bad file raises :class:`~cspnet.convert.CheckpointError` naming the problem.
         num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
         in_chans: input channels.
         features_only: return a :class:`FeatureExtractor` giving the multi-scale maps.

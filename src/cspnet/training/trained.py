@@ -1,10 +1,20 @@
-"""A model back from a ``cspnet train`` checkpoint: ``load_trained`` and ``is_training_checkpoint``."""
+"""A model back from a ``cspnet train`` checkpoint: ``load_trained`` and ``is_training_checkpoint``.
+
+A checkpoint may be hand-edited or come from elsewhere, so everything inference takes from it is
+checked before use: the model name and overrides, the class names (one per class), the input side
+(at least the network's stride, at most :data:`~cspnet.data.transforms.MAX_IMG_SIZE`), the
+normalisation (one finite mean and one positive std per input channel) and the weights (the EMA ones
+when the run kept an EMA). Each problem is a one-line :class:`~cspnet.convert.CheckpointError`.
+"""
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,7 +22,11 @@ from torch import nn
 
 @dataclass
 class TrainedModel:
-    """A model rebuilt from a ``cspnet train`` checkpoint, with what inference needs to know."""
+    """A model rebuilt from a ``cspnet train`` checkpoint, with what inference needs to know.
+
+    ``train_config`` is the run's resolved :class:`~cspnet.training.TrainConfig` as a dict (empty for
+    a checkpoint that lacks it); ``weights`` says which weights were loaded (``"ema"`` or ``"raw"``).
+    """
 
     model: nn.Module
     name: str
@@ -20,11 +34,17 @@ class TrainedModel:
     img_size: int
     mean: list[float]
     std: list[float]
+    train_config: dict[str, Any] = field(default_factory=dict)
+    weights: str = "ema"
 
     def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
         from cspnet.data.transforms import Normalize
 
         return Normalize(self.mean, self.std)(images_uint8)
+
+
+def _read(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def is_training_checkpoint(path: str | os.PathLike[str]) -> bool:
@@ -33,39 +53,107 @@ def is_training_checkpoint(path: str | os.PathLike[str]) -> bool:
     if not path.is_file() or path.suffix.lower() in (".safetensors", ".weights"):
         return False
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = _read(path)
     except Exception:  # unreadable or not a torch file: whoever loads it reports why
         return False
     return isinstance(ckpt, dict) and "model_name" in ckpt and "state_dict" in ckpt
 
 
+def _train_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    hparams = ckpt.get("hyper_parameters")
+    config = hparams.get("train_config") if isinstance(hparams, Mapping) else None
+    return dict(config) if isinstance(config, Mapping) else {}
+
+
+def _normalisation(ckpt: Mapping[str, Any], key: str, channels: int, where: str) -> list[float]:
+    from cspnet.convert import CheckpointError
+
+    values = ckpt.get(key)
+    if not isinstance(values, list | tuple) or len(values) != channels:
+        raise CheckpointError(f"{where}: {key} must hold {channels} numbers (one per input channel), not {values!r}")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise CheckpointError(f"{where}: {key} {list(values)!r} must be finite numbers")
+    if key == "std" and not all(v > 0 for v in values):
+        raise CheckpointError(f"{where}: std {list(values)!r} must be positive")
+    return [float(v) for v in values]
+
+
+def _weights(ckpt: Mapping[str, Any], ema: bool, config: Mapping[str, Any], where: str) -> tuple[Any, str]:
+    """The state dict to load and which it is: the EMA's unless ``ema`` is off or the run kept none."""
+    from cspnet.convert import CheckpointError
+
+    if ema and "ema_state_dict" in ckpt:
+        holder = ckpt["ema_state_dict"]
+        if not isinstance(holder, Mapping) or not isinstance(holder.get("module"), Mapping):
+            raise CheckpointError(f"{where}: its ema_state_dict holds no 'module' weights (use --no-ema for the raw ones)")
+        return holder["module"], "ema"
+    if ema and config.get("ema", False):
+        raise CheckpointError(
+            f"{where}: the run trained with EMA but the checkpoint has no ema_state_dict "
+            "(use --no-ema to load the raw weights)"
+        )
+    raw = ckpt["state_dict"]
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{where}: its state_dict is a {type(raw).__name__}, not a mapping of tensors")
+    state = {k.removeprefix("model."): v for k, v in raw.items() if isinstance(k, str) and k.startswith("model.")}
+    if not state:
+        raise CheckpointError(f"{where}: its state_dict has no model.* weights")
+    return state, "raw"
+
+
 def load_trained(path: str | os.PathLike[str], expected_model: str | None = None, ema: bool = True) -> TrainedModel:
     """Rebuild the model a ``cspnet train`` checkpoint holds (EMA weights when it has them).
 
-    Raises ``CheckpointError`` for a file that is not such a checkpoint or names another model.
+    Raises ``CheckpointError`` for a file that is not such a checkpoint, names another model, or whose
+    recorded settings are not usable (see the module docstring).
     """
     from cspnet import create_model
     from cspnet.convert import CheckpointError
     from cspnet.convert.checkpoint import load_weights
+    from cspnet.data.transforms import check_img_size
 
     path = Path(path)
+    where = str(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = _read(path)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or "model_name" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a `cspnet train` checkpoint (no model name / class names in it)")
+    missing = [k for k in ("num_classes", "class_names", "img_size", "mean", "std") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{where}: a `cspnet train` checkpoint needs {', '.join(missing)}, which it lacks")
     name = ckpt["model_name"]
+    if not isinstance(name, str):
+        raise CheckpointError(f"{where}: model_name {name!r} is not a model name")
     if expected_model and expected_model != name:
         raise CheckpointError(f"{path} holds a {name!r} model, not {expected_model!r}")
-    model = create_model(name, num_classes=int(ckpt["num_classes"]), **dict(ckpt["model_overrides"]))
-    model.name = name
-    if ema and "ema_state_dict" in ckpt:
-        state = ckpt["ema_state_dict"]["module"]
-    else:
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    load_weights(model, state, source=str(path))
+    num_classes = ckpt["num_classes"]
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise CheckpointError(f"{where}: num_classes {num_classes!r} is invalid: expected a positive integer")
+    class_names = ckpt["class_names"]
+    if not isinstance(class_names, list | tuple) or not all(isinstance(c, str) for c in class_names):
+        raise CheckpointError(f"{where}: class_names must be a list of names, not {type(class_names).__name__}")
+    if len(class_names) != num_classes:
+        raise CheckpointError(f"{where}: {len(class_names)} class names for {num_classes} classes")
+    overrides = ckpt.get("model_overrides", {})
+    if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
+        raise CheckpointError(f"{where}: model_overrides must map config field names to values")
+    try:
+        model = create_model(name, num_classes=num_classes, **dict(overrides))
+    except (ValueError, TypeError) as exc:  # unknown model, invalid overrides: the message names them
+        raise CheckpointError(f"{where}: cannot rebuild its model: {exc}") from exc
+    img_size = ckpt["img_size"]
+    try:
+        check_img_size(img_size, model, what="its img_size")
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}") from exc
+    mean = _normalisation(ckpt, "mean", 3, where)  # `cspnet train` models take RGB
+    std = _normalisation(ckpt, "std", 3, where)
+    config = _train_config(ckpt)
+    state, weights = _weights(ckpt, ema, config, where)
+    load_weights(model, state, source=where)
     model.eval()
-    return TrainedModel(model, name, list(ckpt["class_names"]), int(ckpt["img_size"]), ckpt["mean"], ckpt["std"])
+    return TrainedModel(model, name, list(class_names), img_size, mean, std, config, weights)
