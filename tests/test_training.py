@@ -46,7 +46,7 @@ def test_tiny_run_learns_and_writes_its_outputs(tmp_path):
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
     trained = load_trained(out / "last.ckpt")
     assert trained.class_names == [str(i) for i in range(10)] and trained.img_size == 8
-    assert not list(out.glob("*.tmp"))  # atomic writes leave no temporaries
+    assert not list(out.glob(".*.tmp*"))  # atomic writes leave no temporaries
 
 
 def test_resume_after_a_mid_epoch_crash_matches_an_uninterrupted_run(tmp_path):

@@ -29,8 +29,6 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 DEFAULT_MODEL = "cspdensenet_bc40"
 DIGITS_IMG_SIZE = 16  # the digits are 8x8; 16 keeps DenseNet-BC's two poolings meaningful and fast on CPU
 MAX_IMG_SIZE = 4096  # beyond this a single image's activations exceed any machine's memory
-# Evaluation resize (timm's crop_pct): the short side goes to img_size / crop_pct, then a centre crop.
-FOLDER_CROP_PCT = 0.875
 # What may differ between a run and its resumption: nothing that changes the result, except the
 # number of epochs (extending a finished run; the cosine schedule is stretched to the new end).
 RESUME_MAY_CHANGE = ("epochs", "output", "resume", "workers", "checkpoint_every")
@@ -103,6 +101,8 @@ class TrainConfig:
 
     def resolved(self, default_img_size: int) -> TrainConfig:
         """A copy with every ``None`` default filled in (what the run really uses)."""
+        from cspnet.data.transforms import DEFAULT_CROP_PCT, DIGITS_CROP_PCT  # evaluation resize (timm's crop_pct) of folders
+
         digits = self.is_digits
         return dataclasses.replace(
             self,
@@ -111,7 +111,7 @@ class TrainConfig:
             if self.weight_decay is not None
             else (5e-4 if self.optimizer == "sgd" else 0.05),
             img_size=self.img_size or (DIGITS_IMG_SIZE if digits else default_img_size),
-            crop_pct=self.crop_pct if self.crop_pct is not None else (1.0 if digits else FOLDER_CROP_PCT),
+            crop_pct=self.crop_pct if self.crop_pct is not None else (DIGITS_CROP_PCT if digits else DEFAULT_CROP_PCT),
             hflip=self.hflip if self.hflip is not None else (0.0 if digits else 0.5),
             crop_scale=self.crop_scale if self.crop_scale is not None else (0.6 if digits else 0.35),
             workers=self.workers if self.workers is not None else (0 if digits else _default_workers()),

@@ -28,8 +28,9 @@ class LabelledImages(Protocol):
 
 
 def load_datasets(cfg: TrainConfig) -> tuple[LabelledImages, LabelledImages]:
-    pair: tuple[Any, Any] = (load_digits_split(cfg.side) if cfg.is_digits
-                             else load_folder_split(cfg.data, cfg.side, cfg.val_fraction, seed=0))  # fmt: skip
+    crop_pct = cfg.crop_pct if cfg.crop_pct is not None else 1.0  # resolved configs always have one
+    pair: tuple[Any, Any] = (load_digits_split(cfg.side, crop_pct=crop_pct) if cfg.is_digits else
+                             load_folder_split(cfg.data, cfg.side, cfg.val_fraction, seed=0, crop_pct=crop_pct))  # fmt: skip
     return cast(LabelledImages, pair[0]), cast(LabelledImages, pair[1])
 
 
