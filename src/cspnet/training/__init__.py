@@ -1,12 +1,37 @@
 """Training with PyTorch Lightning: from one CPU to many machines (DDP via ``--devices`` or torchrun).
 
+The names below are imported when first used, so that reading a :class:`TrainConfig` (the CLI's
+``--help``) does not load torch and Lightning.
+
 >>> from cspnet.training import TrainConfig
 >>> TrainConfig().resolved(default_img_size=32).img_size   # the digits default
 16
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from cspnet.training.config import TrainConfig
-from cspnet.training.runner import FitResult, check_img_size, fit
-from cspnet.training.trained import TrainedModel, is_training_checkpoint, load_trained
+
+if TYPE_CHECKING:
+    from cspnet.training.runner import FitResult, check_img_size, fit
+    from cspnet.training.trained import TrainedModel, is_training_checkpoint, load_trained
+
+_LAZY = {
+    "FitResult": "cspnet.training.runner",
+    "check_img_size": "cspnet.training.runner",
+    "fit": "cspnet.training.runner",
+    "TrainedModel": "cspnet.training.trained",
+    "is_training_checkpoint": "cspnet.training.trained",
+    "load_trained": "cspnet.training.trained",
+}
 
 __all__ = ["FitResult", "TrainConfig", "TrainedModel", "check_img_size", "fit", "is_training_checkpoint", "load_trained"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cspnet.training' has no attribute {name!r}")
