@@ -26,6 +26,27 @@ REFERENCE = Path(__file__).parent / "data" / "model_reference.json"
 INPUT_SEED = 1
 NUM_CLASSES = 10  # a small head keeps the hashing cheap; the classifier is still built and seeded
 
+# Config overrides the refactor must not change either: every fusion, pool placement and T width of
+# the dense families (the stagenet families took no fusion before the change).
+VARIANTS: dict[str, dict[str, Any]] = {
+    f"cspdensenet_bc40?{key}": overrides
+    for key, overrides in {
+        "fusion=fusion_first": {"fusion": "fusion_first"},
+        "fusion=fusion_last": {"fusion": "fusion_last"},
+        "partial_ratio=0.25,transition_b_ratio=0.5": {"partial_ratio": 0.25, "transition_b_ratio": 0.5},
+        "transition_pool=before,last_stage_transition=True": {"transition_pool": "before", "last_stage_transition": True},
+        "partial_ratio=0.0,transition_pool=before": {"partial_ratio": 0.0, "transition_pool": "before"},
+    }.items()
+} | {
+    f"csppeleenet?{key}": overrides
+    for key, overrides in {
+        "fusion=fusion_first": {"fusion": "fusion_first"},
+        "fusion=fusion_last,transition_b_ratio=0.5": {"fusion": "fusion_last", "transition_b_ratio": 0.5},
+        "transition_pool=after": {"transition_pool": "after"},
+        "last_stage_transition=False,partial_ratio=0.75": {"last_stage_transition": False, "partial_ratio": 0.75},
+    }.items()
+}
+
 
 def input_side(name: str) -> int:
     """The smallest side every level of ``name`` still sees at 2x2 or more (as in test_models)."""
@@ -47,14 +68,15 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 
 
 def fingerprint(name: str) -> dict[str, Any]:
-    """What ``name`` produces today (see the module docstring)."""
+    """What ``name`` (a registered name or a key of ``VARIANTS``) produces today (see the module docstring)."""
     import cspnet
 
+    base = name.split("?")[0]
     torch.manual_seed(0)
-    model = cspnet.create_model(name, num_classes=NUM_CLASSES).eval()
+    model = cspnet.create_model(base, num_classes=NUM_CLASSES, **VARIANTS.get(name, {})).eval()
     state = model.state_dict()
     layout = [f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in state.items()]
-    side = input_side(name)
+    side = input_side(base)
     x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(INPUT_SEED))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one reduction order, whatever the machine's core count
@@ -80,7 +102,8 @@ def fingerprint(name: str) -> dict[str, Any]:
 def main() -> int:
     import cspnet
 
-    reference = {"torch": torch.__version__, "models": {n: fingerprint(n) for n in cspnet.list_models()}}
+    names = [*cspnet.list_models(), *VARIANTS]
+    reference = {"torch": torch.__version__, "models": {n: fingerprint(n) for n in names}}
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
     REFERENCE.write_text(json.dumps(reference, indent=1, sort_keys=True) + "\n")
     print(f"wrote {REFERENCE} ({len(reference['models'])} models)")
