@@ -87,6 +87,7 @@ def build_densenet(cfg: DenseNetConfig, num_classes: int = 1000, in_chans: int =
         len(cfg.block_config),
         cfg.stem_chs,
         make_block,
+        lambda i: cfg.block_config[i] * cfg.growth_rate,
         transition_width,
         make_transition,
         lambda: nn.AvgPool2d(2, stride=2),

@@ -136,6 +136,7 @@ def build_peleenet(cfg: PeleeNetConfig, num_classes: int = 1000, in_chans: int =
         len(cfg.block_config),
         cfg.stem_chs,
         make_block,
+        lambda i: cfg.block_config[i] * k,
         lambda i, dense_width: dense_width,  # every stage, the last included, ends in an uncompressed 1x1
         make_transition,
         lambda: nn.AvgPool2d(2, stride=2),
