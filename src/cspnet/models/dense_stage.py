@@ -27,6 +27,7 @@ transition``), so one builder makes both networks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -110,7 +111,7 @@ def build_csp_dense_stages(
         plan = plan_stage(
             chs,
             cfg.partial_ratio,
-            lambda c: c + added,  # called here, in this iteration: no late binding
+            lambda c, added=added: c + added,
             fusion=cfg.fusion,
             out_chs=transition_width(i, chs + added),
             transition_b_ratio=cfg.transition_b_ratio,
@@ -120,7 +121,7 @@ def build_csp_dense_stages(
         pool_after, pool_before = transition_pool_slots(cfg.transition_pool, last=last)
         fusion_pool = make_pool() if pool_before else None
         stage = CrossStagePartial.build(
-            plan, lambda c: make_block(i, c), make_transition, down=down, fusion_pool=fusion_pool
+            plan, functools.partial(make_block, i), make_transition, down=down, fusion_pool=fusion_pool
         )
         stride *= (2 if down is not None else 1) * (2 if fusion_pool is not None else 1)
         chs = plan.out_chs
