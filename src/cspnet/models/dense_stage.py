@@ -65,6 +65,11 @@ class CSPStageFields:
     )
 
 
+def _adds(chs: int) -> Callable[[int], int]:
+    """A dense block's output width from its input width: it adds ``chs`` channels."""
+    return lambda in_chs: in_chs + chs
+
+
 def build_csp_dense_stages(
     cfg: CSPStageFields,
     num_stages: int,
@@ -111,7 +116,7 @@ def build_csp_dense_stages(
         plan = plan_stage(
             chs,
             cfg.partial_ratio,
-            lambda c, added=added: c + added,
+            _adds(added),
             fusion=cfg.fusion,
             out_chs=transition_width(i, chs + added),
             transition_b_ratio=cfg.transition_b_ratio,
