@@ -111,7 +111,7 @@ class StagePlan:
 def plan_stage(
     in_chs: int,
     partial_ratio: float,
-    block_out_chs: Callable[[int], int],
+    block_out_chs: int | Callable[[int], int],
     *,
     fusion: str = "csp",
     out_chs: int | None = None,
@@ -126,8 +126,8 @@ def plan_stage(
     Args:
         in_chs: the stage's input width (after its opening ``down``).
         partial_ratio: gamma, the fraction of the split tensor that bypasses the blocks (0: plain stage).
-        block_out_chs: the width the family's blocks produce from a given input width
-            (``lambda c: c + n * k`` for a dense block, ``lambda c: width`` for a residual stack).
+        block_out_chs: the width the family's blocks produce: a number (a residual stack of fixed
+            width), or a function of their input width (``lambda c: c + n * k`` for a dense block).
         fusion: one of :data:`FUSIONS`: which of T and U the partial transition has.
         out_chs: the baseline stage's output width W, the width of its transition; ``None``: the
             baseline stage has no transition (its blocks' output is the stage output). U maps to W.
@@ -158,16 +158,16 @@ def plan_stage(
     >>> plan_stage(64, 0.5, lambda c: c + 6 * 32, out_chs=128, fusion="fusion_first").cat_chs
     256
     >>> darknet = dict(exp_chs=128, out_chs=128, transition_b_ratio=1.0, plain_transition=False)
-    >>> plan_stage(128, 0.5, lambda c: 64, fusion="fusion_last", **darknet).out_chs  # CSPDarknet-53 stage 2
+    >>> plan_stage(128, 0.5, 64, fusion="fusion_last", **darknet).out_chs  # CSPDarknet-53 stage 2
     128
-    >>> plan_stage(128, 0.0, lambda c: 128, **darknet).out_chs, plan_stage(128, 0.0, lambda c: 128, **darknet).exp_chs
+    >>> plan_stage(128, 0.0, 128, **darknet).out_chs, plan_stage(128, 0.0, 128, **darknet).exp_chs
     (128, None)
     """
     if fusion not in _PARTIAL_TRANSITIONS:
         raise ValueError(f"fusion={fusion!r} is invalid: expected one of {', '.join(map(repr, FUSIONS))}")
     split_chs = exp_chs if exp_chs is not None and partial_ratio > 0 else None  # a plain stage splits nothing
     bypass, block_in = split_channels(in_chs if split_chs is None else split_chs, partial_ratio)
-    block_out = block_out_chs(block_in)
+    block_out = block_out_chs if isinstance(block_out_chs, int) else block_out_chs(block_in)
     width = bypass + block_out if out_chs is None else out_chs  # W: what the baseline stage puts out
     if bypass == 0:  # the baseline's own stage: its transition, if it has one, is U
         has_t, has_u = False, out_chs is not None and plain_transition
