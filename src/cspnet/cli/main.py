@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cspnet.runtime import default_openmp_wait_policy  # stdlib only: torch is not loaded yet
+
+    default_openmp_wait_policy()  # the CLI's documented default; OpenMP reads it when torch loads
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cspnet.profiling.reproduce import write_report
+    from cspnet.reports.reproduction import write_report
 
     command = "cspnet reproduce" + (
         f" --output {args.output}" if args.output != "docs/reproduction.md" else ""
