@@ -1,4 +1,4 @@
-"""The stages of a dense network, shared by (CSP)DenseNet and (CSP)PeleeNet (paper §1.3, Fig. 3).
+"""The stages of a dense network, shared by (CSP)DenseNet and (CSP)PeleeNet (CSPNet paper §3.1, Fig. 3).
 
 A dense network's stage is ``dense block -> transition conv (+ 2x2 pool)``; its CSP twin sends the
 first ``partial_ratio`` (gamma) of the stage input past the dense block and joins it back at the

@@ -25,13 +25,12 @@ paper leaves open (documented in ``docs/cspdensenet.md``), all config fields:
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from torch import nn
 
-from cspnet.layers import BatchNormAct2d, ConvNormAct, DenseBlock, NormActConv, drop_path_rates
-from cspnet.models.backbone import Backbone, FeatureInfo, init_weights
+from cspnet.layers import BatchNormAct2d, DenseBlock, NormActConv, drop_path_rates
+from cspnet.models.backbone import Backbone, FeatureInfo, conv_stem, init_weights, resnet_stem
 from cspnet.models.config import ModelConfig, bounded, one_of, positive_ints
 from cspnet.models.dense_stage import CSPStageFields, build_csp_dense_stages
 from cspnet.models.registry import ModelEntry, register_model
@@ -59,9 +58,9 @@ class DenseNetConfig(CSPStageFields, ModelConfig):
 def _stem(cfg: DenseNetConfig, in_chans: int) -> tuple[nn.Module, int, nn.Module | None]:
     """The stem, its stride and the pooling that opens stage 0."""
     if cfg.small_input:
-        return nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 3, act=cfg.act))), 1, None
-    stem = nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 7, stride=2, act=cfg.act)))
-    return stem, 2, nn.MaxPool2d(3, stride=2, padding=1)
+        return conv_stem(in_chans, cfg.stem_chs, 3, 1, cfg.act), 1, None
+    stem, pool = resnet_stem(in_chans, cfg.stem_chs, cfg.act)
+    return stem, 2, pool
 
 
 def build_densenet(cfg: DenseNetConfig, num_classes: int = 1000, in_chans: int = 3) -> Backbone:

@@ -33,7 +33,6 @@ partial-channel shortcut (``shortcut="darknet"``).
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +47,7 @@ from cspnet.layers import (
     plan_stage,
 )
 from cspnet.layers.residual import BLOCKS, SHORTCUTS
-from cspnet.models.backbone import Backbone, FeatureInfo, init_weights
+from cspnet.models.backbone import Backbone, FeatureInfo, conv_stem, init_weights, resnet_stem
 from cspnet.models.config import (
     ModelConfig,
     bounded,
@@ -194,10 +193,8 @@ class StageNetConfig(ModelConfig):
 def _stem(cfg: StageNetConfig, in_chans: int) -> tuple[nn.Module, int, nn.Module | None]:
     """The stem, its stride and the max pool that opens stage 0 (ResNet-style stems)."""
     if cfg.stem == "darknet":
-        return nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 3, act=cfg.act))), 1, None
-    stem = nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 7, stride=2, act=cfg.act)))
-    # darknet's [maxpool] size=2 stride=2 rounds odd sizes up; on even sizes it is a plain 2x2/2 window.
-    pool = nn.MaxPool2d(3, 2, padding=1) if cfg.stem_pool == "3x3" else nn.MaxPool2d(2, 2, ceil_mode=True)
+        return conv_stem(in_chans, cfg.stem_chs, 3, 1, cfg.act), 1, None
+    stem, pool = resnet_stem(in_chans, cfg.stem_chs, cfg.act, cfg.stem_pool)
     return stem, 2, pool
 
 

@@ -37,7 +37,7 @@ PUBLISHED_METRICS: dict[str, tuple[Callable[[ModelProfile], float], str]] = {
 }
 _IN_MILLIONS = {"params", "conv_weight_params"}  # published as counts, shown in millions
 
-# Memory-traffic figures the paper states in its text (spec 3.1 / 3.7, Fig. 8), not in the registry.
+# Memory-traffic figures the CSPNet paper states in its text (Fig. 8: 34.4M vs 32.6M), not in the registry.
 PAPER_CIO_M = {"resnext50_paper": 34.41, "cspresnext50_paper": 32.64}
 
 # The CSP ablation: (family label, baseline model, CSP model to vary).
