@@ -94,6 +94,12 @@ class PeleeNetConfig(CSPStageFields, ModelConfig):
     )
     stem_chs: int = bounded(32, 2, integer=True, doc="stem output channels (even: the stem's 1x1 halves it)")
 
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """Dense layers per stage: ``block_config`` (torchvision's name, kept for configs and
+        checkpoints that use it) under the name every family is read by (``StageNetConfig.depths``)."""
+        return self.block_config
+
     def check(self) -> None:
         if self.growth_rate % 2:
             raise ValueError(
@@ -118,7 +124,7 @@ def build_peleenet(cfg: PeleeNetConfig, num_classes: int = 1000, in_chans: int =
     """
     stem = conv_stem(in_chans, cfg.stem_chs, 3, 2, cfg.act)
     feature_info = FeatureInfo([{"num_chs": cfg.stem_chs, "reduction": 2, "module": "stem"}])
-    rates = drop_path_rates(cfg.drop_path_rate, cfg.block_config)
+    rates = drop_path_rates(cfg.drop_path_rate, cfg.depths)
     k = cfg.growth_rate
 
     def make_block(i: int, in_chs: int) -> DenseBlock:
@@ -127,17 +133,17 @@ def build_peleenet(cfg: PeleeNetConfig, num_classes: int = 1000, in_chans: int =
         def make_layer(chs: int, rate: float) -> nn.Module:
             return TwoWayDenseLayer(chs, k, bottleneck, cfg.act, rate)
 
-        return DenseBlock(in_chs, cfg.block_config[i], k, drop_path_rates=rates[i], make_layer=make_layer)
+        return DenseBlock(in_chs, cfg.depths[i], k, drop_path_rates=rates[i], make_layer=make_layer)
 
     def make_transition(in_chs: int, out_chs: int) -> nn.Module:
         return ConvNormAct(in_chs, out_chs, 1, act=cfg.act)
 
     stages, _ = build_csp_dense_stages(
         cfg,
-        len(cfg.block_config),
+        len(cfg.depths),
         cfg.stem_chs,
         make_block,
-        lambda i: cfg.block_config[i] * k,
+        lambda i: cfg.depths[i] * k,
         lambda i, dense_width: dense_width,  # every stage, the last included, ends in an uncompressed 1x1
         make_transition,
         lambda: nn.AvgPool2d(2, stride=2),

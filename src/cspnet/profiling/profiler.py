@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -181,7 +181,7 @@ def _check_input_size(input_size: Sequence[int] | int, model: nn.Module) -> tupl
             f"input size {size[1]}x{size[2]} is too small: this network downsamples by {stride}, "
             f"so height and width must be at least {stride}"
         )
-    return size  # type: ignore[return-value]
+    return (size[0], size[1], size[2])
 
 
 def _group_names(model: nn.Module) -> list[str]:
@@ -226,7 +226,9 @@ class _AllocationTracker(TorchDispatchMode):
     def _release(self, nbytes: int) -> None:
         self.live -= nbytes
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         out = func(*args, **(kwargs or {}))
         # Views and in-place ops return (aliases of) existing tensors: no new memory.
         if any(r.alias_info is not None for r in func._schema.returns):
@@ -241,7 +243,11 @@ class _AllocationTracker(TorchDispatchMode):
         return out
 
 
-def _run(model: nn.Module, x: torch.Tensor, hooked: set[str], on_output) -> dict:  # type: ignore[no-untyped-def]
+OutputHook = Callable[[str, nn.Module, tuple[Any, ...], Any], None]
+"""``on_output(module name, module, inputs, output)``, called after the module ran."""
+
+
+def _run(model: nn.Module, x: torch.Tensor, hooked: set[str], on_output: OutputHook) -> dict[str, dict[Any, int]]:
     """Run ``model(x)`` under FlopCounterMode, calling ``on_output(name, module, inputs, output)``
     after each module in ``hooked``; returns FlopCounterMode's per-module counts."""
     handles = [
@@ -249,7 +255,7 @@ def _run(model: nn.Module, x: torch.Tensor, hooked: set[str], on_output) -> dict
         for name, m in model.named_modules()
         if name in hooked
     ]
-    counter = FlopCounterMode(display=False, depth=None)
+    counter = FlopCounterMode(display=False)  # per-module counts at every depth; depth only shapes the table
     try:
         with torch.no_grad(), counter:
             model(x)
