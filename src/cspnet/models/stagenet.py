@@ -121,6 +121,24 @@ class StageNetConfig(ModelConfig):
         super().__post_init__()
 
     def check(self) -> None:
+        self._check_per_stage_fields()
+        if any(s not in (1, 2) for s in self.strides):
+            raise ValueError(f"strides={self.strides!r} is invalid: expected 1 or 2 per stage")
+        if self.stem == "resnet" and self.strides[0] != 1:
+            raise ValueError(
+                f"strides={self.strides!r} is invalid: the resnet stem's max pool opens stage 0, so strides[0] must be 1"
+            )
+        if self.down == "block" and any(p > 0 for p in self.partial_ratio):
+            raise ValueError(
+                "down='block' (strided first block) is only valid for plain stages: set partial_ratio=0 "
+                "or down='conv'"
+            )
+        plans = self.stage_plans()  # the stage factory rejects what it cannot build
+        if self.shortcut == "identity":
+            self._check_identity_shortcuts(plans)
+
+    def _check_per_stage_fields(self) -> None:
+        """One value per stage in every per-stage field, each within its field's range."""
         n = self.num_stages
         for f in self.__dataclass_fields__.values():
             value = getattr(self, f.name)
@@ -139,20 +157,6 @@ class StageNetConfig(ModelConfig):
                     if not ok or not (v > low if low_open else v >= low) or v > high:
                         expected = f"{low} {'<' if low_open else '<='} {f.name} <= {high}"
                         raise ValueError(f"{f.name}={value!r} is out of range: expected {expected} for every stage")
-        if any(s not in (1, 2) for s in self.strides):
-            raise ValueError(f"strides={self.strides!r} is invalid: expected 1 or 2 per stage")
-        if self.stem == "resnet" and self.strides[0] != 1:
-            raise ValueError(
-                f"strides={self.strides!r} is invalid: the resnet stem's max pool opens stage 0, so strides[0] must be 1"
-            )
-        if self.down == "block" and any(p > 0 for p in self.partial_ratio):
-            raise ValueError(
-                "down='block' (strided first block) is only valid for plain stages: set partial_ratio=0 "
-                "or down='conv'"
-            )
-        plans = self.stage_plans()  # the stage factory rejects what it cannot build
-        if self.shortcut == "identity":
-            self._check_identity_shortcuts(plans)
 
     def stage_plans(self) -> list[StagePlan]:
         """The widths of every stage, from the stage factory (what :func:`build_stagenet` builds)."""

@@ -265,8 +265,40 @@ def _run(model: nn.Module, x: torch.Tensor, hooked: set[str], on_output: OutputH
     return counter.get_flop_counts()
 
 
-def profile(
-    model_or_name: nn.Module | str,
+def _group_costs(
+    model: nn.Module,
+    groups: list[str],
+    layers: list[LayerCost],
+    flops_of: dict[str, dict[Any, int]],
+    total_macs: int,
+) -> dict[str, GroupCost]:
+    """The costs summed per part (``stem``, ``stages.i``, ``head``) from the per-layer records."""
+    by_group = {g: GroupCost(g) for g in groups}
+
+    def group(module_name: str) -> GroupCost:
+        name = _group_of(module_name, groups)
+        return by_group.setdefault(name, GroupCost(name))
+
+    for pname, p in model.named_parameters():
+        group(pname).params += p.numel()
+    for mname, m in model.named_modules():
+        if isinstance(m, _CONV + _FC):
+            group(mname).conv_weight_params += m.weight.numel()
+    for layer in layers:
+        g = group(layer.name)
+        if layer.kind != "pool":
+            g.conv_macs += layer.macs
+            g.activations += layer.output_elems
+        g.cio += layer.cio
+    for gname, g in by_group.items():
+        g.macs = sum(flops_of.get(gname, {}).values()) // 2
+    # The head is everything outside the feature levels (final norm, pool, classifier).
+    if "head" in by_group:
+        by_group["head"].macs = total_macs - sum(g.macs for n, g in by_group.items() if n != "head")
+    return by_group
+
+
+def profile(    model_or_name: nn.Module | str,
     input_size: Sequence[int] | int | None = None,
     **overrides: Any,
 ) -> ModelProfile:
@@ -324,26 +356,9 @@ def profile(
         layer.macs = sum(flops_of.get(layer.name, {}).values()) // 2
 
     total_macs = sum(counts.get("Global", {}).values()) // 2
-    by_group = {g: GroupCost(g) for g in groups}
-    for pname, p in model.named_parameters():
-        g = by_group.setdefault(_group_of(pname, groups), GroupCost(_group_of(pname, groups)))
-        g.params += p.numel()
-    for mname, m in model.named_modules():
-        if isinstance(m, _CONV + _FC):
-            g = by_group.setdefault(_group_of(mname, groups), GroupCost(_group_of(mname, groups)))
-            g.conv_weight_params += m.weight.numel()
-    for layer in layers:
-        g = by_group.setdefault(_group_of(layer.name, groups), GroupCost(_group_of(layer.name, groups)))
-        if layer.kind != "pool":
-            g.conv_macs += layer.macs
-            g.activations += layer.output_elems
-        g.cio += layer.cio
+    by_group = _group_costs(model, groups, layers, flops_of, total_macs)
     for gname, g in by_group.items():
-        g.macs = sum(flops_of.get(gname, {}).values()) // 2
         g.output_shape = group_shapes.get(gname, ())
-    # The head is everything outside the feature levels (final norm, pool, classifier).
-    if "head" in by_group:
-        by_group["head"].macs = total_macs - sum(g.macs for n, g in by_group.items() if n != "head")
 
     return ModelProfile(
         name=name,
