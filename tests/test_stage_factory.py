@@ -226,3 +226,13 @@ def test_no_other_module_branches_on_the_fusion() -> None:
         if branching.search(line)
     ]
     assert offenders == []
+
+
+def test_the_adding_a_family_guide_runs() -> None:
+    import doctest
+
+    guide = SRC.parents[1] / "docs" / "adding-a-family.md"
+    before = cspnet.list_models()
+    result = doctest.testfile(str(guide), module_relative=False, raise_on_error=False, verbose=False)
+    assert (result.failed, result.attempted > 10) == (0, True)
+    assert cspnet.list_models() == before  # the guide registers nothing
