@@ -20,8 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff on src/ and tests/, mypy on src/ (settings: [tool.mypy] in pyproject.toml); CI fails on either.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,30 +4,17 @@
 >>> model = cspnet.create_model("cspdensenet_bc100", num_classes=10)
 >>> model(torch.randn(2, 3, 32, 32)).shape
 torch.Size([2, 10])
+
+Importing the package changes nothing outside it (no environment variables, no matplotlib backend)
+and imports nothing heavy: the names below load their module, and torch, when first used. That is
+what lets the ``cspnet`` command set its documented process defaults (:mod:`cspnet.runtime`) in
+its entry point before torch is imported.
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import TYPE_CHECKING, Any
-
-from cspnet.runtime import default_openmp_wait_policy, tune_cpu_allocator
-
-# Before torch is imported: OpenMP reads the policy once (see cspnet.runtime for the measurements).
-default_openmp_wait_policy()
-
-# The public names are imported on first use (PEP 562): ``import cspnet`` stays cheap, so the
-# ``cspnet`` command starts without torch for ``--help``, ``--version`` and ``models``.
-_LAZY = {
-    "Backbone": "cspnet.models",
-    "FeatureExtractor": "cspnet.models",
-    "FeatureInfo": "cspnet.models",
-    "UnknownModelError": "cspnet.models",
-    "create_model": "cspnet.models",
-    "get_model_entry": "cspnet.models",
-    "list_models": "cspnet.models",
-    "CheckpointError": "cspnet.convert",
-    "optimize_for_inference": "cspnet.export",
-    "ModelProfile": "cspnet.profiling",
-    "profile": "cspnet.profiling",
-}
 
 if TYPE_CHECKING:
     from cspnet import profiling
@@ -43,21 +30,25 @@ if TYPE_CHECKING:
         list_models,
     )
     from cspnet.profiling import ModelProfile, profile
-
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    if name == "profiling":
-        return importlib.import_module("cspnet.profiling")
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'cspnet' has no attribute {name!r}")
-
+    from cspnet.runtime import tune_cpu_allocator
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "Backbone": "cspnet.models",
+    "CheckpointError": "cspnet.convert",
+    "FeatureExtractor": "cspnet.models",
+    "FeatureInfo": "cspnet.models",
+    "ModelProfile": "cspnet.profiling",
+    "UnknownModelError": "cspnet.models",
+    "create_model": "cspnet.models",
+    "get_model_entry": "cspnet.models",
+    "list_models": "cspnet.models",
+    "optimize_for_inference": "cspnet.export",
+    "profile": "cspnet.profiling",
+    "tune_cpu_allocator": "cspnet.runtime",
+}
 
 __all__ = [
     "Backbone",
@@ -75,3 +66,18 @@ __all__ = [
     "profiling",
     "tune_cpu_allocator",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name == "profiling":
+        value = importlib.import_module("cspnet.profiling")
+    else:
+        raise AttributeError(f"module 'cspnet' has no attribute {name!r}")
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,11 +1,17 @@
 """Process-wide CPU settings that make PyTorch on a CPU markedly faster, and why.
 
+Nothing here runs on import: the library leaves the process as it finds it (``import cspnet`` sets
+no environment variable). The ``cspnet`` command applies these defaults in its entry point
+(``cspnet.cli.main.main``); a script or service that wants them calls the functions itself.
+
 Two defaults, both measured on this project's 2-core machine (``docs/benchmarks.md``):
 
-* ``OMP_WAIT_POLICY=PASSIVE``, set when ``cspnet`` is imported (before torch): OpenMP threads that
-  spin while waiting starve each other as soon as another process shares the cores (a DenseNet
-  training step took 14 s instead of 0.9 s). On an idle machine passive waiting costs ~5 %.
-  Export ``OMP_WAIT_POLICY=ACTIVE`` on a dedicated machine.
+* :func:`default_openmp_wait_policy` (``OMP_WAIT_POLICY=PASSIVE`` unless already set), called first
+  thing by every ``cspnet`` command, before torch is imported: OpenMP threads that spin while
+  waiting starve each other as soon as another process shares the cores (a DenseNet training step
+  took 14 s instead of 0.9 s). On an idle machine passive waiting costs ~5 %. Export
+  ``OMP_WAIT_POLICY=ACTIVE`` on a dedicated machine. A library user calls it before the first
+  ``import torch`` of the process (or sets the variable in the environment).
 * :func:`tune_cpu_allocator`, called by the inference commands (``eval``, ``predict``,
   ``export`` and the inference rows of ``benchmark``): PyTorch's CPU allocator has no
   cache, so each activation tensor is a ``malloc``/``free``; glibc serves blocks above 32 MiB
@@ -43,7 +49,7 @@ def default_openmp_wait_policy() -> None:
     """Make OpenMP threads sleep instead of spin while waiting, unless the user chose otherwise.
 
     Read by torch's OpenMP runtime when torch is first imported, so this only has an effect before
-    that; ``import cspnet`` calls it first thing.
+    that. The ``cspnet`` command calls it first thing; ``import cspnet`` does not.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -87,6 +87,9 @@ def _quiet_broken_pipe() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cspnet.runtime import default_openmp_wait_policy  # stdlib only: torch is not loaded yet
+
+    default_openmp_wait_policy()  # the CLI's documented default; OpenMP reads it when torch loads
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)

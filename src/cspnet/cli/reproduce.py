@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cspnet.io import check_output_file
-    from cspnet.profiling.reproduce import write_report
+    from cspnet.reports.reproduction import write_report
 
     check_output_file(args.output)  # a folder or an unwritable place: one line, before minutes of work
 

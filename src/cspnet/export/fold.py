@@ -111,14 +111,17 @@ def find_conv_norm_pairs(model: nn.Module) -> list[ConvNormPair]:
 @torch.no_grad()
 def fold_conv_norm_(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
     """Fold ``norm`` (eval-mode statistics) into ``conv`` in place; ``norm`` is no longer needed."""
+    mean, var = norm.running_mean, norm.running_var
+    if mean is None or var is None:
+        raise ValueError("a batch norm without running statistics (track_running_stats=False) cannot be folded")
     # float64 keeps the fold exact to fp32 rounding even for tiny running variances.
-    scale = norm.weight.double() if norm.affine else torch.ones_like(norm.running_var, dtype=torch.float64)
+    scale = norm.weight.double() if norm.affine else torch.ones_like(var, dtype=torch.float64)
     shift = norm.bias.double() if norm.affine else torch.zeros_like(scale)
-    scale = scale / torch.sqrt(norm.running_var.double() + norm.eps)
+    scale = scale / torch.sqrt(var.double() + norm.eps)
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
     weight = conv.weight.double() * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
     conv.weight.copy_(weight.to(conv.weight.dtype))
-    new_bias = (shift + (bias - norm.running_mean.double()) * scale).to(conv.weight.dtype)
+    new_bias = (shift + (bias - mean.double()) * scale).to(conv.weight.dtype)
     if conv.bias is None:
         conv.bias = nn.Parameter(new_bias, requires_grad=conv.weight.requires_grad)
     else:
@@ -153,8 +156,9 @@ def fold_conv_norm(model: nn.Module, inplace: bool = False) -> nn.Module:
     model.eval()
     pairs = find_conv_norm_pairs(model)
     for conv_name, norm_name in pairs:
-        norm = model.get_submodule(norm_name)
-        fold_conv_norm_(model.get_submodule(conv_name), norm)
+        conv, norm = model.get_submodule(conv_name), model.get_submodule(norm_name)
+        assert isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)  # what _foldable admits
+        fold_conv_norm_(conv, norm)
         _set_submodule(model, norm_name, _norm_replacement(norm))
     log.info("folded %d conv/batch-norm pairs", len(pairs))
     return model
@@ -271,7 +275,8 @@ def optimize_for_inference(
     model = fold_conv_norm(model, inplace=inplace)
     model = pool_before_pointwise_conv(model, inplace=True)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's type stubs leave it out.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if dtype is not None:
         model = model.to(dtype)
     for p in model.parameters():

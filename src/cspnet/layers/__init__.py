@@ -1,7 +1,16 @@
 """Building blocks shared by every model family."""
 
 from cspnet.layers.act import ACTIVATION_NAMES, make_act
-from cspnet.layers.cross_stage import FUSIONS, CrossStagePartial, Fusion, split_channels
+from cspnet.layers.cross_stage import (
+    FUSIONS,
+    TRANSITION_POOLS,
+    CrossStagePartial,
+    Fusion,
+    StagePlan,
+    plan_stage,
+    split_channels,
+    transition_pool_slots,
+)
 from cspnet.layers.dense import DenseBlock, DenseLayer
 from cspnet.layers.drop import DropPath, drop_path_rates
 from cspnet.layers.norm import BatchNormAct2d, ConvNormAct, NormActConv
@@ -11,6 +20,7 @@ __all__ = [
     "ACTIVATION_NAMES",
     "FUSIONS",
     "SHORTCUTS",
+    "TRANSITION_POOLS",
     "BatchNormAct2d",
     "BottleneckBlock",
     "ConvNormAct",
@@ -21,8 +31,11 @@ __all__ = [
     "DropPath",
     "Fusion",
     "NormActConv",
+    "StagePlan",
     "darknet_shortcut",
     "drop_path_rates",
     "make_act",
+    "plan_stage",
     "split_channels",
+    "transition_pool_slots",
 ]

@@ -26,14 +26,17 @@ def checkpoint_once(fn: Callable[..., Tensor], owner: nn.Module, *args: Any) -> 
         calls += 1
         if calls == 1 or not norms:
             return fn(*inputs)
-        saved = [(m, m.momentum, m.num_batches_tracked.clone()) for m in norms]
+        saved = []
         for m in norms:
+            counter = m.num_batches_tracked
+            assert counter is not None  # it exists wherever running statistics are tracked
+            saved.append((m, m.momentum, counter, counter.clone()))
             m.momentum = 0.0
         try:
             return fn(*inputs)
         finally:
-            for m, momentum, tracked in saved:
+            for m, momentum, counter, count in saved:
                 m.momentum = momentum
-                m.num_batches_tracked.copy_(tracked)
+                counter.copy_(count)
 
     return checkpoint(run, *args, use_reentrant=False)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from cspnet.layers.norm import ConvNormAct
 
 
 class FeatureInfo(list):
@@ -43,7 +46,35 @@ class ClassifierHead(nn.Module):
         return self.fc(x)
 
 
-class Backbone(nn.Module):
+def conv_stem(in_chans: int, chs: int, kernel_size: int, stride: int, act: str) -> nn.Sequential:
+    """A stem of one conv-BN-act, keyed ``stem.conv1`` in every family (the converters' layout)."""
+    return nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, chs, kernel_size, stride=stride, act=act)))
+
+
+def resnet_stem(in_chans: int, chs: int, act: str, pool: str = "3x3") -> tuple[nn.Sequential, nn.Module]:
+    """ResNet's stem, a 7x7/2 conv, and the max pool that opens stage 0 (stride 4 in all).
+
+    ``pool``: ``"3x3"``, 3x3/2 with padding 1 (torchvision, timm), or ``"2x2"``, darknet's
+    ``[maxpool] size=2 stride=2``, which rounds odd sizes up (a plain 2x2/2 window on even sizes).
+    """
+    stem = conv_stem(in_chans, chs, 7, 2, act)
+    if pool == "3x3":
+        return stem, nn.MaxPool2d(3, stride=2, padding=1)
+    return stem, nn.MaxPool2d(2, 2, ceil_mode=True)
+
+
+class GradCheckpointing(nn.Module):
+    """What :class:`Backbone` and :class:`FeatureExtractor` share: ``set_grad_checkpointing``, which
+    every module with a ``grad_checkpointing`` flag (stages, dense blocks) honours."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass: same outputs and gradients, less memory."""
+        for module in self.modules():
+            if hasattr(module, "grad_checkpointing"):
+                setattr(module, "grad_checkpointing", enable)  # noqa: B010 (typed nn.Module attribute)
+
+
+class Backbone(GradCheckpointing):
     """A classification network in the uniform layout of this library.
 
     ``stem`` (stride 1 or 2) is followed by ``stages``, each of which opens with its own
@@ -93,14 +124,8 @@ class Backbone(nn.Module):
         self.num_classes = num_classes
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute block activations in the backward pass: same outputs and gradients, less memory."""
-        for module in self.modules():
-            if hasattr(module, "grad_checkpointing"):
-                module.grad_checkpointing = enable
 
-
-class FeatureExtractor(nn.Module):
+class FeatureExtractor(GradCheckpointing):
     """A backbone cut after its deepest requested level, returning the maps of ``out_indices``.
 
     >>> import cspnet, torch
@@ -142,11 +167,6 @@ class FeatureExtractor(nn.Module):
             if i + 1 in self.out_indices:
                 features.append(self.final_norm(x) if i + 1 == num_stages else x)
         return features
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for module in self.modules():
-            if hasattr(module, "grad_checkpointing"):
-                module.grad_checkpointing = enable
 
 
 @torch.no_grad()

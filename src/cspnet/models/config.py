@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cspnet.layers.act import ACTIVATION_NAMES
+from cspnet.layers.cross_stage import FUSIONS
+
+_Config = TypeVar("_Config", bound="ModelConfig")
 
 
 def bounded(
@@ -51,6 +54,19 @@ def one_of(default: Any, choices: tuple[Any, ...], doc: str = "") -> Any:
 def positive_ints(default: tuple[int, ...], doc: str = "") -> Any:
     """A tuple of positive integers (block counts, widths)."""
     return field(default=default, metadata={"positive_ints": True, "doc": doc})
+
+
+def fusion_field() -> Any:
+    """The ``fusion`` field every family declares: which partial transition its CSP stages get."""
+    return one_of("csp", FUSIONS, doc="partial transition: csp (T, concat, U), fusion_first (concat, U), fusion_last (T, concat)")
+
+
+def transition_b_ratio_field(default: float | None) -> Any:
+    """The ``transition_b_ratio`` field: width of T over the blocks' output width (``None``: fill the
+    stage width, see :func:`cspnet.layers.plan_stage`)."""
+    return bounded(
+        default, 0.0, 1.0, low_open=True, optional=True, doc="width of T / block-path width (None: fill the stage width)"
+    )
 
 
 def _range_text(name: str, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -108,7 +124,7 @@ class ModelConfig:
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
-    def replace(self, **overrides: Any) -> ModelConfig:
+    def replace(self: _Config, **overrides: Any) -> _Config:
         """A copy with ``overrides`` applied; unknown names raise ``TypeError`` listing the valid ones."""
         unknown = sorted(set(overrides) - set(self.field_names()))
         if unknown:

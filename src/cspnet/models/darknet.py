@@ -18,10 +18,10 @@ CSPDARKNET53 = StageNetConfig(
     strides=(2, 2, 2, 2, 2),
     down_growth=True,
     expand_ratio=(2.0, 1.0, 1.0, 1.0, 1.0),
-    partial_ratio=0.5,
+    partial_ratio=(0.5,) * 5,
     bottle_ratio=(0.5, 1.0, 1.0, 1.0, 1.0),
     block_ratio=(1.0, 0.5, 0.5, 0.5, 0.5),
-    split_linear=False,
+    split_linear=(False,) * 5,
     block="dark",
 )
 DARKNET53 = CSPDARKNET53.replace(partial_ratio=0.0, bottle_ratio=0.5, block_ratio=1.0)

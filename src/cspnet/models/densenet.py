@@ -25,13 +25,12 @@ paper leaves open (documented in ``docs/cspdensenet.md``), all config fields:
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from torch import nn
 
-from cspnet.layers import BatchNormAct2d, ConvNormAct, DenseBlock, NormActConv, drop_path_rates
-from cspnet.models.backbone import Backbone, FeatureInfo, init_weights
+from cspnet.layers import BatchNormAct2d, DenseBlock, NormActConv, drop_path_rates
+from cspnet.models.backbone import Backbone, FeatureInfo, conv_stem, init_weights, resnet_stem
 from cspnet.models.config import ModelConfig, bounded, one_of, positive_ints
 from cspnet.models.dense_stage import CSPStageFields, build_csp_dense_stages
 from cspnet.models.registry import ModelEntry, register_model
@@ -46,10 +45,16 @@ class DenseNetConfig(CSPStageFields, ModelConfig):
     growth_rate: int = bounded(32, 1, integer=True, doc="k: channels each dense layer adds")
     block_config: tuple[int, ...] = positive_ints((6, 12, 24, 16), doc="dense layers per stage")
     stem_chs: int = bounded(64, 1, integer=True, doc="stem output channels")
-    bn_size: int = bounded(4, 1, integer=True, doc="bottleneck width of a dense layer, in multiples of k")
+    bn_size: int = bounded(4, 1, integer=True, doc="bottleneck width of a dense layer, in multiples of k (torchvision's name)")
     compression: float = bounded(0.5, 0.0, 1.0, low_open=True, doc="transition width / its input width")
     small_input: bool = one_of(False, (False, True), doc="3x3 stride-1 stem, no stem pool (32x32 images)")
     memory_efficient: bool = one_of(False, (False, True), doc="recompute concat + bottleneck in backward")
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """Dense layers per stage: ``block_config`` (torchvision's name, kept for configs and
+        checkpoints that use it) under the name every family is read by (``StageNetConfig.depths``)."""
+        return self.block_config
 
     def check(self) -> None:
         if self.small_input and len(self.block_config) < 2:
@@ -59,21 +64,21 @@ class DenseNetConfig(CSPStageFields, ModelConfig):
 def _stem(cfg: DenseNetConfig, in_chans: int) -> tuple[nn.Module, int, nn.Module | None]:
     """The stem, its stride and the pooling that opens stage 0."""
     if cfg.small_input:
-        return nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 3, act=cfg.act))), 1, None
-    stem = nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 7, stride=2, act=cfg.act)))
-    return stem, 2, nn.MaxPool2d(3, stride=2, padding=1)
+        return conv_stem(in_chans, cfg.stem_chs, 3, 1, cfg.act), 1, None
+    stem, pool = resnet_stem(in_chans, cfg.stem_chs, cfg.act)
+    return stem, 2, pool
 
 
 def build_densenet(cfg: DenseNetConfig, num_classes: int = 1000, in_chans: int = 3) -> Backbone:
     """Build a DenseNet (``partial_ratio == 0``) or CSPDenseNet from ``cfg``."""
     stem, stride, stem_pool = _stem(cfg, in_chans)
     feature_info = FeatureInfo([{"num_chs": cfg.stem_chs, "reduction": stride, "module": "stem"}])
-    rates = drop_path_rates(cfg.drop_path_rate, cfg.block_config)
-    last = len(cfg.block_config) - 1
+    rates = drop_path_rates(cfg.drop_path_rate, cfg.depths)
+    last = len(cfg.depths) - 1
 
     def make_block(i: int, in_chs: int) -> DenseBlock:
         return DenseBlock(
-            in_chs, cfg.block_config[i], cfg.growth_rate, cfg.bn_size, cfg.act, rates[i], cfg.memory_efficient
+            in_chs, cfg.depths[i], cfg.growth_rate, cfg.bn_size, cfg.act, rates[i], cfg.memory_efficient
         )
 
     def transition_width(i: int, dense_width: int) -> int | None:
@@ -84,9 +89,10 @@ def build_densenet(cfg: DenseNetConfig, num_classes: int = 1000, in_chans: int =
 
     stages, chs = build_csp_dense_stages(
         cfg,
-        len(cfg.block_config),
+        len(cfg.depths),
         cfg.stem_chs,
         make_block,
+        lambda i: cfg.depths[i] * cfg.growth_rate,
         transition_width,
         make_transition,
         lambda: nn.AvgPool2d(2, stride=2),
@@ -113,12 +119,12 @@ _IMAGENET = {
 
 for _name, (_k, _blocks, _stem_chs, _weights, _params, _gmacs) in _IMAGENET.items():
     _cfg = DenseNetConfig(growth_rate=_k, block_config=_blocks, stem_chs=_stem_chs)
-    _depth = _name.removeprefix("densenet")
+    _label = _name.removeprefix("densenet")
     _published = ({"source": "torchvision", "input": 224, "params": _params, "gmacs": _gmacs},) if _params else ()
     _register(
         _name,
         _cfg,
-        f"DenseNet-{_depth} (k={_k}), torchvision's layout",
+        f"DenseNet-{_label} (k={_k}), torchvision's layout",
         pretrained_url=TORCHVISION_URL.format(_weights) if _weights else None,
         published=_published,
     )
@@ -126,7 +132,7 @@ for _name, (_k, _blocks, _stem_chs, _weights, _params, _gmacs) in _IMAGENET.item
         _register(
             f"csp{_name}",
             _cfg.replace(partial_ratio=0.5),
-            f"CSPDenseNet-{_depth}: DenseNet-{_depth} with cross stage partial stages (gamma 0.5, fusion csp)",
+            f"CSPDenseNet-{_label}: DenseNet-{_label} with cross stage partial stages (gamma 0.5, fusion csp)",
         )
 
 # DenseNet-BC (k=12) for ~32x32 images and their CSP twins: depth 100 (three stages of 16 layers,

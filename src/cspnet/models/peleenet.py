@@ -1,6 +1,7 @@
 """PeleeNet and CSPPeleeNet: one config, one builder; PeleeNet is the ``partial_ratio=0`` case.
 
-PeleeNet (Wang, Li & Ling, NeurIPS 2018; spec §2.8) at 224x224:
+PeleeNet (Wang, Li & Ling, "Pelee: A Real-Time Object Detection System on Mobile Devices",
+NeurIPS 2018, arXiv:1804.06882, Table 1 and §2.1) at 224x224:
 
 * stem block: 3x3/2 conv to 32, then two ways down by 2 (1x1 16 -> 3x3/2 32; 2x2/2 max-pool),
   concatenated (64) and fused by a 1x1 to 32: 56x56x32;
@@ -18,7 +19,7 @@ the rest of Pelee's stem block (:class:`~cspnet.layers.pelee.PeleeStemDown`) ope
 way DenseNet's stem max-pool does. A transition's average pool opens the next stage. Levels:
 stem 32 @2, stages 128 @4, 256 @8, 512 @16, 704 @32.
 
-CSPPeleeNet (paper §1.3 Fig. 3b, README 2.83M / 0.888 BFLOPs / 70.9 top-1) is the CSP stage of
+CSPPeleeNet (CSPNet paper Fig. 3b, README 2.83M / 0.888 BFLOPs / 70.9 top-1) is the CSP stage of
 :mod:`cspnet.models.dense_stage` (shared with CSPDenseNet) around every Pelee dense block, with
 ``partial_ratio`` (gamma) and ``fusion`` as in CSPDenseNet. Its registered defaults are the
 layout whose cost comes closest to the published one among those the open fields span:
@@ -36,11 +37,12 @@ layout whose cost comes closest to the published one among those the open fields
 Over the 5 ablation points the paper's text pins down (Table 1 / Figure 4: csp and fusion_last at
 gamma 0.25 and 0.5, fusion_first at 0.5) this layout also fits best of the 16 that
 ``transition_pool`` x ``last_stage_transition`` x ``transition_b_ratio`` (None, 0.25, 0.5, 0.75) span.
-``csppeleenet`` measures 2.84M conv weights / 0.892 BFLOPs against the published 2.83M / 0.888 (the spec's
-best reconstruction, §2.8); the exact published layout is unknown (no cfg was released).
+``csppeleenet`` measures 2.84M conv weights / 0.892 BFLOPs against the published 2.83M / 0.888 (the
+CSPNet README, github.com/WongKinYiu/CrossStagePartialNetworks); the exact published layout is
+unknown (no cfg was released).
 
 Measured at 224 (``cspnet.profiling.profile``; conv weights and BFLOPs count the classifier, as
-darknet does), against the paper's Figure 4 / Table 1 as reconstructed in spec §1.4 (percentages
+darknet does), against the CSPNet paper's Figure 4 / Table 1 (arXiv:1911.11929; percentages
 against PeleeNet's 1.017; blank: not published)::
 
     model / gamma, fusion      params   conv weights  BFLOPs         paper BFLOPs
@@ -63,14 +65,13 @@ published points.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from torch import nn
 
 from cspnet.layers import ConvNormAct, DenseBlock, drop_path_rates
 from cspnet.layers.pelee import PeleeStemDown, TwoWayDenseLayer
-from cspnet.models.backbone import Backbone, FeatureInfo, init_weights
+from cspnet.models.backbone import Backbone, FeatureInfo, conv_stem, init_weights
 from cspnet.models.config import ModelConfig, bounded, positive_ints
 from cspnet.models.dense_stage import CSPStageFields, build_csp_dense_stages
 from cspnet.models.registry import ModelEntry, register_model
@@ -92,6 +93,12 @@ class PeleeNetConfig(CSPStageFields, ModelConfig):
         (1, 2, 4, 4), doc="per stage: 1x1 bottleneck width of each way, in multiples of k/2"
     )
     stem_chs: int = bounded(32, 2, integer=True, doc="stem output channels (even: the stem's 1x1 halves it)")
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """Dense layers per stage: ``block_config`` (torchvision's name, kept for configs and
+        checkpoints that use it) under the name every family is read by (``StageNetConfig.depths``)."""
+        return self.block_config
 
     def check(self) -> None:
         if self.growth_rate % 2:
@@ -115,9 +122,9 @@ def build_peleenet(cfg: PeleeNetConfig, num_classes: int = 1000, in_chans: int =
     >>> model(torch.randn(1, 3, 224, 224)).shape, model.feature_info.channels()
     (torch.Size([1, 10]), [32, 128, 256, 512, 704])
     """
-    stem = nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act=cfg.act)))
+    stem = conv_stem(in_chans, cfg.stem_chs, 3, 2, cfg.act)
     feature_info = FeatureInfo([{"num_chs": cfg.stem_chs, "reduction": 2, "module": "stem"}])
-    rates = drop_path_rates(cfg.drop_path_rate, cfg.block_config)
+    rates = drop_path_rates(cfg.drop_path_rate, cfg.depths)
     k = cfg.growth_rate
 
     def make_block(i: int, in_chs: int) -> DenseBlock:
@@ -126,16 +133,17 @@ def build_peleenet(cfg: PeleeNetConfig, num_classes: int = 1000, in_chans: int =
         def make_layer(chs: int, rate: float) -> nn.Module:
             return TwoWayDenseLayer(chs, k, bottleneck, cfg.act, rate)
 
-        return DenseBlock(in_chs, cfg.block_config[i], k, drop_path_rates=rates[i], make_layer=make_layer)
+        return DenseBlock(in_chs, cfg.depths[i], k, drop_path_rates=rates[i], make_layer=make_layer)
 
     def make_transition(in_chs: int, out_chs: int) -> nn.Module:
         return ConvNormAct(in_chs, out_chs, 1, act=cfg.act)
 
     stages, _ = build_csp_dense_stages(
         cfg,
-        len(cfg.block_config),
+        len(cfg.depths),
         cfg.stem_chs,
         make_block,
+        lambda i: cfg.depths[i] * k,
         lambda i, dense_width: dense_width,  # every stage, the last included, ends in an uncompressed 1x1
         make_transition,
         lambda: nn.AvgPool2d(2, stride=2),

@@ -21,11 +21,11 @@ CSPRESNET50 = StageNetConfig(
     out_chs=(128, 256, 512, 1024),
     depths=(3, 3, 5, 2),
     strides=(1, 2, 2, 2),
-    expand_ratio=2.0,
-    partial_ratio=0.5,
-    bottle_ratio=0.5,
-    block_ratio=1.0,
-    split_linear=True,
+    expand_ratio=(2.0,) * 4,
+    partial_ratio=(0.5,) * 4,
+    bottle_ratio=(0.5,) * 4,
+    block_ratio=(1.0,) * 4,
+    split_linear=(True,) * 4,
 )
 CSPRESNEXT50 = CSPRESNET50.replace(
     out_chs=(256, 512, 1024, 2048), expand_ratio=1.0, bottle_ratio=1.0, block_ratio=0.5, groups=32
@@ -47,9 +47,9 @@ RESNET50_PAPER = StageNetConfig(
     depths=(3, 4, 6, 3),
     strides=(1, 2, 2, 2),
     down="block",
-    partial_ratio=0.0,
-    bottle_ratio=0.25,
-    block_ratio=1.0,
+    partial_ratio=(0.0,) * 4,
+    bottle_ratio=(0.25,) * 4,
+    block_ratio=(1.0,) * 4,
     shortcut="darknet",
 )
 RESNEXT50_PAPER = RESNET50_PAPER.replace(bottle_ratio=0.5, groups=32)

@@ -1,17 +1,20 @@
 """ResNe(X)t- and Darknet-style networks and their CSP twins: one config, one builder.
 
-Every stage ``i`` is a :class:`~cspnet.layers.CrossStagePartial`::
+Every stage ``i`` is a :class:`~cspnet.layers.CrossStagePartial` sized by the stage factory
+(:func:`~cspnet.layers.plan_stage`)::
 
     down     3x3/2 conv (groups) to in or out channels   (stride-2 stages with down="conv";
              stage 0 of a ResNet-style stem gets the stem's max pool instead)
     conv_exp 1x1 to exp = out * expand_ratio, split into
              bypass = exp * partial_ratio (first channels) | block path = the rest
     blocks   depth x residual block (bottleneck or dark) of width out * block_ratio
-    T        1x1, block width -> block width
+    T        1x1, block width -> block width * transition_b_ratio (default 1: keeps the width)
     U        1x1 over [bypass, T] -> out
 
-``partial_ratio == 0`` gives the plain stage of the baseline network: ``down -> blocks`` (Darknet-53)
-or, with ``down="block"``, just the blocks, the first one strided (darknet's ResNet-50 / ResNeXt-50).
+``fusion`` drops T (``"fusion_first"``) or U (``"fusion_last"``: the stage then puts out
+``bypass + T`` channels) as in every family. ``partial_ratio == 0`` gives the plain stage of the
+baseline network: ``down -> blocks`` (Darknet-53) or, with ``down="block"``, just the blocks, the
+first one strided (darknet's ResNet-50 / ResNeXt-50).
 
 The darknet cfgs build ``conv_exp`` as two parallel 1x1 convs (bypass, then block path); one conv
 with the bypass rows first is the same map (the darknet weight reader stacks them). CSPResNe(X)t's
@@ -29,16 +32,30 @@ partial-channel shortcut (``shortcut="darknet"``).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from cspnet.layers import ACTIVATION_NAMES, ConvNormAct, CrossStagePartial, drop_path_rates, split_channels
+from cspnet.layers import (
+    ACTIVATION_NAMES,
+    ConvNormAct,
+    CrossStagePartial,
+    StagePlan,
+    drop_path_rates,
+    plan_stage,
+)
 from cspnet.layers.residual import BLOCKS, SHORTCUTS
-from cspnet.models.backbone import Backbone, FeatureInfo, init_weights
-from cspnet.models.config import ModelConfig, bounded, one_of, positive_ints
+from cspnet.models.backbone import Backbone, FeatureInfo, conv_stem, init_weights, resnet_stem
+from cspnet.models.config import (
+    ModelConfig,
+    bounded,
+    fusion_field,
+    one_of,
+    positive_ints,
+    transition_b_ratio_field,
+)
 from cspnet.models.registry import ModelEntry, register_model
 
 
@@ -81,6 +98,8 @@ class StageNetConfig(ModelConfig):
     bottle_ratio: tuple[float, ...] = per_stage(0.5, 0.0, 16.0, low_open=True, doc="block inner width / block width")
     block_ratio: tuple[float, ...] = per_stage(1.0, 0.0, 16.0, low_open=True, doc="block width / out_chs")
     split_linear: tuple[bool, ...] = per_stage_flags(True, doc="conv_exp without activation (timm's cross_linear)")
+    fusion: str = fusion_field()
+    transition_b_ratio: float | None = transition_b_ratio_field(1.0)
     groups: int = bounded(1, 1, integer=True, doc="groups of every 3x3 conv (32 for ResNeXt)")
     block: str = one_of("bottleneck", tuple(BLOCKS), doc="residual block type")
     shortcut: str = one_of(
@@ -102,6 +121,24 @@ class StageNetConfig(ModelConfig):
         super().__post_init__()
 
     def check(self) -> None:
+        self._check_per_stage_fields()
+        if any(s not in (1, 2) for s in self.strides):
+            raise ValueError(f"strides={self.strides!r} is invalid: expected 1 or 2 per stage")
+        if self.stem == "resnet" and self.strides[0] != 1:
+            raise ValueError(
+                f"strides={self.strides!r} is invalid: the resnet stem's max pool opens stage 0, so strides[0] must be 1"
+            )
+        if self.down == "block" and any(p > 0 for p in self.partial_ratio):
+            raise ValueError(
+                "down='block' (strided first block) is only valid for plain stages: set partial_ratio=0 "
+                "or down='conv'"
+            )
+        plans = self.stage_plans()  # the stage factory rejects what it cannot build
+        if self.shortcut == "identity":
+            self._check_identity_shortcuts(plans)
+
+    def _check_per_stage_fields(self) -> None:
+        """One value per stage in every per-stage field, each within its field's range."""
         n = self.num_stages
         for f in self.__dataclass_fields__.values():
             value = getattr(self, f.name)
@@ -120,69 +157,67 @@ class StageNetConfig(ModelConfig):
                     if not ok or not (v > low if low_open else v >= low) or v > high:
                         expected = f"{low} {'<' if low_open else '<='} {f.name} <= {high}"
                         raise ValueError(f"{f.name}={value!r} is out of range: expected {expected} for every stage")
-        if any(s not in (1, 2) for s in self.strides):
-            raise ValueError(f"strides={self.strides!r} is invalid: expected 1 or 2 per stage")
-        if self.stem == "resnet" and self.strides[0] != 1:
-            raise ValueError(
-                f"strides={self.strides!r} is invalid: the resnet stem's max pool opens stage 0, so strides[0] must be 1"
-            )
-        if self.down == "block" and any(p > 0 for p in self.partial_ratio):
-            raise ValueError(
-                "down='block' (strided first block) is only valid for plain stages: set partial_ratio=0 "
-                "or down='conv'"
-            )
-        if self.shortcut == "identity":
-            self._check_identity_shortcuts()
 
-    def _check_identity_shortcuts(self) -> None:
-        """An identity shortcut needs every first block to keep its input's shape."""
+    def stage_plans(self) -> list[StagePlan]:
+        """The widths of every stage, from the stage factory (what :func:`build_stagenet` builds)."""
+        plans: list[StagePlan] = []
         chs = self.stem_chs
         for i in range(self.num_stages):
-            out_chs, stride = self.out_chs[i], self.strides[i]
-            if stride == 2 and self.down == "conv":
-                chs = out_chs if self.down_growth else chs
-            block_chs = int(round(out_chs * self.block_ratio[i]))
-            if self.partial_ratio[i] > 0:
-                chs = split_channels(int(round(out_chs * self.expand_ratio[i])), self.partial_ratio[i])[1]
-            if chs != block_chs or (stride == 2 and self.down == "block"):
+            out_chs = self.out_chs[i]
+            if self.strides[i] == 2 and self.down == "conv" and self.down_growth:
+                chs = out_chs  # the opening 3x3/2 conv widens to the stage width (darknet)
+            plan = plan_stage(
+                chs,
+                self.partial_ratio[i],
+                int(round(out_chs * self.block_ratio[i])),
+                fusion=self.fusion,
+                out_chs=out_chs,
+                exp_chs=int(round(out_chs * self.expand_ratio[i])),
+                transition_b_ratio=self.transition_b_ratio,
+                plain_transition=False,  # a plain ResNet / Darknet stage is its blocks alone
+                stage=i,
+            )
+            plans.append(plan)
+            chs = plan.out_chs
+        return plans
+
+    def _check_identity_shortcuts(self, plans: list[StagePlan]) -> None:
+        """An identity shortcut needs every first block to keep its input's shape."""
+        for i, plan in enumerate(plans):
+            stride = self.strides[i]
+            if plan.block_in_chs != plan.block_out_chs or (stride == 2 and self.down == "block"):
                 raise ValueError(
-                    f"stage {i}: its first block maps {chs} to {block_chs} channels (out_chs x block_ratio) at "
-                    f"stride {stride if self.down == 'block' else 1}, which shortcut='identity' cannot add; "
-                    "change partial_ratio / expand_ratio / block_ratio or use shortcut='darknet' "
-                    "(parameter-free partial-channel add)"
+                    f"stage {i}: its first block maps {plan.block_in_chs} to {plan.block_out_chs} channels "
+                    f"(out_chs x block_ratio) at stride {stride if self.down == 'block' else 1}, which "
+                    "shortcut='identity' cannot add; change partial_ratio / expand_ratio / block_ratio or use "
+                    "shortcut='darknet' (parameter-free partial-channel add)"
                 )
-            chs = out_chs if self.partial_ratio[i] > 0 else block_chs
 
 
 def _stem(cfg: StageNetConfig, in_chans: int) -> tuple[nn.Module, int, nn.Module | None]:
     """The stem, its stride and the max pool that opens stage 0 (ResNet-style stems)."""
     if cfg.stem == "darknet":
-        return nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 3, act=cfg.act))), 1, None
-    stem = nn.Sequential(OrderedDict(conv1=ConvNormAct(in_chans, cfg.stem_chs, 7, stride=2, act=cfg.act)))
-    # darknet's [maxpool] size=2 stride=2 rounds odd sizes up; on even sizes it is a plain 2x2/2 window.
-    pool = nn.MaxPool2d(3, 2, padding=1) if cfg.stem_pool == "3x3" else nn.MaxPool2d(2, 2, ceil_mode=True)
+        return conv_stem(in_chans, cfg.stem_chs, 3, 1, cfg.act), 1, None
+    stem, pool = resnet_stem(in_chans, cfg.stem_chs, cfg.act, cfg.stem_pool)
     return stem, 2, pool
 
 
 def _stage(
-    cfg: StageNetConfig, i: int, in_chs: int, down: nn.Module | None, dpr: list[float]
-) -> tuple[CrossStagePartial, int]:
-    """Stage ``i`` taking ``in_chs`` channels; returns it and its output width."""
-    out_chs, stride, act = cfg.out_chs[i], cfg.strides[i], cfg.act
+    cfg: StageNetConfig, i: int, in_chs: int, plan: StagePlan, down: nn.Module | None, dpr: list[float]
+) -> CrossStagePartial:
+    """Stage ``i`` of ``plan`` (from :meth:`StageNetConfig.stage_plans`), taking ``in_chs`` channels."""
+    stride, act = cfg.strides[i], cfg.act
     if stride == 2 and cfg.down == "conv":
-        down_chs = out_chs if cfg.down_growth else in_chs
-        down = ConvNormAct(in_chs, down_chs, 3, stride=2, groups=cfg.groups, act=act)
-        in_chs = down_chs
+        down = ConvNormAct(in_chs, plan.in_chs, 3, stride=2, groups=cfg.groups, act=act)
     block_stride = stride if cfg.down == "block" else 1
-    block_chs = int(round(out_chs * cfg.block_ratio[i]))
+    block_cls = BLOCKS[cfg.block]
 
-    def blocks(chs: int) -> nn.Sequential:
-        block_cls = BLOCKS[cfg.block]
+    def make_blocks(chs: int) -> nn.Sequential:
         return nn.Sequential(
             *(
                 block_cls(
-                    chs if j == 0 else block_chs,
-                    block_chs,
+                    chs if j == 0 else plan.block_out_chs,
+                    plan.block_out_chs,
                     bottle_ratio=cfg.bottle_ratio[i],
                     stride=block_stride if j == 0 else 1,
                     groups=cfg.groups,
@@ -194,19 +229,13 @@ def _stage(
             )
         )
 
-    if cfg.partial_ratio[i] == 0:
-        return CrossStagePartial(blocks(in_chs), down=down), block_chs
-    exp_chs = int(round(out_chs * cfg.expand_ratio[i]))
-    bypass_chs, path_chs = split_channels(exp_chs, cfg.partial_ratio[i])
-    stage = CrossStagePartial(
-        blocks(path_chs),
-        bypass_chs=bypass_chs,
-        down=down,
-        conv_exp=ConvNormAct(in_chs, exp_chs, 1, act="linear" if cfg.split_linear[i] else act),
-        conv_transition_b=ConvNormAct(block_chs, block_chs, 1, act=act),
-        conv_transition=ConvNormAct(bypass_chs + block_chs, out_chs, 1, act=act),
+    def make_conv(in_chs: int, out_chs: int, act: str = act) -> nn.Module:
+        return ConvNormAct(in_chs, out_chs, 1, act=act)
+
+    split_act = "linear" if cfg.split_linear[i] else act
+    return CrossStagePartial.build(
+        plan, make_blocks, make_conv, make_exp=functools.partial(make_conv, act=split_act), down=down
     )
-    return stage, out_chs
 
 
 def build_stagenet(cfg: StageNetConfig, num_classes: int = 1000, in_chans: int = 3) -> Backbone:
@@ -216,9 +245,9 @@ def build_stagenet(cfg: StageNetConfig, num_classes: int = 1000, in_chans: int =
     rates = drop_path_rates(cfg.drop_path_rate, cfg.depths)
     chs = cfg.stem_chs
     stages: list[nn.Module] = []
-    for i in range(cfg.num_stages):
-        stage, chs = _stage(cfg, i, chs, stem_pool if i == 0 else None, rates[i])
-        stages.append(stage)
+    for i, plan in enumerate(cfg.stage_plans()):
+        stages.append(_stage(cfg, i, chs, plan, stem_pool if i == 0 else None, rates[i]))
+        chs = plan.out_chs
         reduction *= cfg.strides[i] * (2 if i == 0 and stem_pool is not None else 1)
         feature_info.append({"num_chs": chs, "reduction": reduction, "module": f"stages.{i}"})
     model = Backbone(stem, stages, feature_info, num_classes, cfg.drop_rate)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -181,7 +181,7 @@ def _check_input_size(input_size: Sequence[int] | int, model: nn.Module) -> tupl
             f"input size {size[1]}x{size[2]} is too small: this network downsamples by {stride}, "
             f"so height and width must be at least {stride}"
         )
-    return size  # type: ignore[return-value]
+    return (size[0], size[1], size[2])
 
 
 def _group_names(model: nn.Module) -> list[str]:
@@ -226,7 +226,9 @@ class _AllocationTracker(TorchDispatchMode):
     def _release(self, nbytes: int) -> None:
         self.live -= nbytes
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         out = func(*args, **(kwargs or {}))
         # Views and in-place ops return (aliases of) existing tensors: no new memory.
         if any(r.alias_info is not None for r in func._schema.returns):
@@ -241,7 +243,11 @@ class _AllocationTracker(TorchDispatchMode):
         return out
 
 
-def _run(model: nn.Module, x: torch.Tensor, hooked: set[str], on_output) -> dict:  # type: ignore[no-untyped-def]
+OutputHook = Callable[[str, nn.Module, tuple[Any, ...], Any], None]
+"""``on_output(module name, module, inputs, output)``, called after the module ran."""
+
+
+def _run(model: nn.Module, x: torch.Tensor, hooked: set[str], on_output: OutputHook) -> dict[str, dict[Any, int]]:
     """Run ``model(x)`` under FlopCounterMode, calling ``on_output(name, module, inputs, output)``
     after each module in ``hooked``; returns FlopCounterMode's per-module counts."""
     handles = [
@@ -249,7 +255,7 @@ def _run(model: nn.Module, x: torch.Tensor, hooked: set[str], on_output) -> dict
         for name, m in model.named_modules()
         if name in hooked
     ]
-    counter = FlopCounterMode(display=False, depth=None)
+    counter = FlopCounterMode(display=False)  # per-module counts at every depth; depth only shapes the table
     try:
         with torch.no_grad(), counter:
             model(x)
@@ -259,8 +265,40 @@ def _run(model: nn.Module, x: torch.Tensor, hooked: set[str], on_output) -> dict
     return counter.get_flop_counts()
 
 
-def profile(
-    model_or_name: nn.Module | str,
+def _group_costs(
+    model: nn.Module,
+    groups: list[str],
+    layers: list[LayerCost],
+    flops_of: dict[str, dict[Any, int]],
+    total_macs: int,
+) -> dict[str, GroupCost]:
+    """The costs summed per part (``stem``, ``stages.i``, ``head``) from the per-layer records."""
+    by_group = {g: GroupCost(g) for g in groups}
+
+    def group(module_name: str) -> GroupCost:
+        name = _group_of(module_name, groups)
+        return by_group.setdefault(name, GroupCost(name))
+
+    for pname, p in model.named_parameters():
+        group(pname).params += p.numel()
+    for mname, m in model.named_modules():
+        if isinstance(m, _CONV + _FC):
+            group(mname).conv_weight_params += m.weight.numel()
+    for layer in layers:
+        g = group(layer.name)
+        if layer.kind != "pool":
+            g.conv_macs += layer.macs
+            g.activations += layer.output_elems
+        g.cio += layer.cio
+    for gname, g in by_group.items():
+        g.macs = sum(flops_of.get(gname, {}).values()) // 2
+    # The head is everything outside the feature levels (final norm, pool, classifier).
+    if "head" in by_group:
+        by_group["head"].macs = total_macs - sum(g.macs for n, g in by_group.items() if n != "head")
+    return by_group
+
+
+def profile(    model_or_name: nn.Module | str,
     input_size: Sequence[int] | int | None = None,
     **overrides: Any,
 ) -> ModelProfile:
@@ -318,26 +356,9 @@ def profile(
         layer.macs = sum(flops_of.get(layer.name, {}).values()) // 2
 
     total_macs = sum(counts.get("Global", {}).values()) // 2
-    by_group = {g: GroupCost(g) for g in groups}
-    for pname, p in model.named_parameters():
-        g = by_group.setdefault(_group_of(pname, groups), GroupCost(_group_of(pname, groups)))
-        g.params += p.numel()
-    for mname, m in model.named_modules():
-        if isinstance(m, _CONV + _FC):
-            g = by_group.setdefault(_group_of(mname, groups), GroupCost(_group_of(mname, groups)))
-            g.conv_weight_params += m.weight.numel()
-    for layer in layers:
-        g = by_group.setdefault(_group_of(layer.name, groups), GroupCost(_group_of(layer.name, groups)))
-        if layer.kind != "pool":
-            g.conv_macs += layer.macs
-            g.activations += layer.output_elems
-        g.cio += layer.cio
+    by_group = _group_costs(model, groups, layers, flops_of, total_macs)
     for gname, g in by_group.items():
-        g.macs = sum(flops_of.get(gname, {}).values()) // 2
         g.output_shape = group_shapes.get(gname, ())
-    # The head is everything outside the feature levels (final norm, pool, classifier).
-    if "head" in by_group:
-        by_group["head"].macs = total_macs - sum(g.macs for n, g in by_group.items() if n != "head")
 
     return ModelProfile(
         name=name,
