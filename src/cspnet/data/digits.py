@@ -32,7 +32,7 @@ class TensorImages(Dataset):
 
 def digits_images(img_size: int) -> tuple[Tensor, Tensor]:
     """All 1,797 digits as ``uint8 (N, 3, img_size, img_size)`` and their labels."""
-    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+    from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # pixel values are 0..16

@@ -229,7 +229,7 @@ def _first_decodable(load: Any, length: int, i: int, where: object) -> tuple[Ten
     for offset in range(length):
         item = load((i + offset) % length)
         if item is not None:
-            return item  # type: ignore[no-any-return]
+            return item
     raise ValueError(f"{where}: none of its {length} images can be decoded")
 
 

@@ -101,7 +101,10 @@ class TrainConfig:
 
     def resolved(self, default_img_size: int) -> TrainConfig:
         """A copy with every ``None`` default filled in (what the run really uses)."""
-        from cspnet.data.transforms import DEFAULT_CROP_PCT, DIGITS_CROP_PCT  # evaluation resize (timm's crop_pct) of folders
+        from cspnet.data.transforms import (  # evaluation resize (timm's crop_pct) of folders
+            DEFAULT_CROP_PCT,
+            DIGITS_CROP_PCT,
+        )
 
         digits = self.is_digits
         return dataclasses.replace(

@@ -101,19 +101,10 @@ def _weights(ckpt: Mapping[str, Any], ema: bool, config: Mapping[str, Any], wher
     return state, "raw"
 
 
-def load_trained(path: str | os.PathLike[str], expected_model: str | None = None, ema: bool = True) -> TrainedModel:
-    """Rebuild the model a ``cspnet train`` checkpoint holds (EMA weights when it has them).
-
-    Raises ``CheckpointError`` for a file that is not such a checkpoint, names another model, or whose
-    recorded settings are not usable (see the module docstring).
-    """
-    from cspnet import create_model
+def _open(path: Path, expected_model: str | None) -> dict[str, Any]:
+    """The checkpoint at ``path``, checked to be a `cspnet train` one of ``expected_model``."""
     from cspnet.convert import CheckpointError
-    from cspnet.convert.checkpoint import load_weights
-    from cspnet.data.transforms import check_img_size
 
-    path = Path(path)
-    where = str(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
@@ -124,12 +115,19 @@ def load_trained(path: str | os.PathLike[str], expected_model: str | None = None
         raise CheckpointError(f"{path} is not a `cspnet train` checkpoint (no model name / class names in it)")
     missing = [k for k in ("num_classes", "class_names", "img_size", "mean", "std") if k not in ckpt]
     if missing:
-        raise CheckpointError(f"{where}: a `cspnet train` checkpoint needs {', '.join(missing)}, which it lacks")
+        raise CheckpointError(f"{path}: a `cspnet train` checkpoint needs {', '.join(missing)}, which it lacks")
     name = ckpt["model_name"]
     if not isinstance(name, str):
-        raise CheckpointError(f"{where}: model_name {name!r} is not a model name")
+        raise CheckpointError(f"{path}: model_name {name!r} is not a model name")
     if expected_model and expected_model != name:
         raise CheckpointError(f"{path} holds a {name!r} model, not {expected_model!r}")
+    return ckpt
+
+
+def _classes(ckpt: Mapping[str, Any], where: str) -> list[str]:
+    """The class names, one per classifier output."""
+    from cspnet.convert import CheckpointError
+
     num_classes = ckpt["num_classes"]
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise CheckpointError(f"{where}: num_classes {num_classes!r} is invalid: expected a positive integer")
@@ -138,13 +136,38 @@ def load_trained(path: str | os.PathLike[str], expected_model: str | None = None
         raise CheckpointError(f"{where}: class_names must be a list of names, not {type(class_names).__name__}")
     if len(class_names) != num_classes:
         raise CheckpointError(f"{where}: {len(class_names)} class names for {num_classes} classes")
+    return list(class_names)
+
+
+def _rebuild(ckpt: Mapping[str, Any], num_classes: int, where: str) -> nn.Module:
+    """The checkpoint's model, freshly initialised, with its recorded overrides."""
+    from cspnet import create_model
+    from cspnet.convert import CheckpointError
+
     overrides = ckpt.get("model_overrides", {})
     if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
         raise CheckpointError(f"{where}: model_overrides must map config field names to values")
     try:
-        model = create_model(name, num_classes=num_classes, **dict(overrides))
+        return create_model(ckpt["model_name"], num_classes=num_classes, **dict(overrides))
     except (ValueError, TypeError) as exc:  # unknown model, invalid overrides: the message names them
         raise CheckpointError(f"{where}: cannot rebuild its model: {exc}") from exc
+
+
+def load_trained(path: str | os.PathLike[str], expected_model: str | None = None, ema: bool = True) -> TrainedModel:
+    """Rebuild the model a ``cspnet train`` checkpoint holds (EMA weights when it has them).
+
+    Raises ``CheckpointError`` for a file that is not such a checkpoint, names another model, or whose
+    recorded settings are not usable (see the module docstring).
+    """
+    from cspnet.convert import CheckpointError
+    from cspnet.convert.checkpoint import load_weights
+    from cspnet.data.transforms import check_img_size
+
+    path = Path(path)
+    where = str(path)
+    ckpt = _open(path, expected_model)
+    class_names = _classes(ckpt, where)
+    model = _rebuild(ckpt, len(class_names), where)
     img_size = ckpt["img_size"]
     try:
         check_img_size(img_size, model, what="its img_size")
@@ -156,4 +179,4 @@ def load_trained(path: str | os.PathLike[str], expected_model: str | None = None
     state, weights = _weights(ckpt, ema, config, where)
     load_weights(model, state, source=where)
     model.eval()
-    return TrainedModel(model, name, list(class_names), img_size, mean, std, config, weights)
+    return TrainedModel(model, ckpt["model_name"], class_names, img_size, mean, std, config, weights)
