@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cspnet.models.backbone import Backbone
+from torch import nn
+
 from cspnet.models.config import ModelConfig
 
-Builder = Callable[[Any, int, int], Backbone]
-"""``builder(config, num_classes, in_chans) -> Backbone``."""
+Builder = Callable[[Any, int, int], nn.Module]
+"""``builder(config, num_classes, in_chans) -> model`` (a ``Backbone``; a ``Detector`` for detectors)."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class ModelEntry:
     config: ModelConfig
     description: str
     input_size: tuple[int, int, int] = (3, 224, 224)
+    num_classes: int = 1000
+    """What ``create_model`` builds when no ``num_classes`` is given (80 COCO classes for detectors)."""
     pretrained_url: str | None = None
     """Where ``pretrained=True`` fetches weights (in the peer's format; converted on load)."""
     published: tuple[dict[str, Any], ...] = ()
