@@ -43,6 +43,7 @@ class Neck(nn.Module):
 
     num_inputs: int = 3
     out_chs: tuple[int, ...]
+    attention: nn.ModuleList
     cfg_order: tuple[str | int, ...]
 
 
