@@ -44,7 +44,7 @@ class YoloHead(nn.Module):
         )
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
-        return [level(x) for level, x in zip(self.levels, features)]
+        return [level(features[i]) for i, level in enumerate(self.levels)]
 
 
 def decode(
@@ -82,7 +82,7 @@ def postprocess(
     conf_threshold: float = 0.25,
     iou_threshold: float = 0.45,
     max_detections: int = 300,
-    max_candidates: int = 10000,
+    max_candidates: int = 3000,
 ) -> list[dict[str, Tensor]]:
     """Per image: every (box, class) with ``score > conf_threshold`` (a box may carry several
     classes, as darknet's), clipped to ``image_size`` ``(height, width)``, class-aware NMS, the best

@@ -67,8 +67,6 @@ class Detector(nn.Module):
     ['boxes', 'labels', 'scores']
     """
 
-    anchors: Tensor
-
     def __init__(
         self,
         backbone: FeatureExtractor,
@@ -110,7 +108,7 @@ class Detector(nn.Module):
 
     def decode(self, outputs: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Raw maps -> ``(boxes (N, K, 4) xyxy input pixels, class scores (N, K, num_classes))``."""
-        return decode(outputs, self.anchors, self.strides, self.num_classes)
+        return decode(outputs, self.get_buffer("anchors"), self.strides, self.num_classes)
 
     @torch.no_grad()
     def detect(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -41,10 +42,17 @@ def _attention(widths: tuple[int, ...], cfg: DetectorConfig) -> nn.ModuleList:
 class Neck(nn.Module):
     """What every neck exposes: the output widths, the backbone levels it needs, its cfg order."""
 
+    # Python-side metadata that TorchScript need not compile.
+    __jit_ignored_attributes__ = ["out_chs", "cfg_order", "num_inputs"]
     num_inputs: int = 3
     out_chs: tuple[int, ...]
-    attention: nn.ModuleList
     cfg_order: tuple[str | int, ...]
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read this annotation
+        attention: nn.ModuleList
+
+    def _attend(self, outputs: list[Tensor]) -> list[Tensor]:
+        """SAM on each output (identities without ``sam``)."""
+        return [att(outputs[i]) for i, att in enumerate(self.attention)]
 
 
 class FPN(Neck):
@@ -76,7 +84,7 @@ class FPN(Neck):
         p2 = self.top(c2)
         p1 = self.stack1(torch.cat([self.reduce2(p2), c1], dim=1))
         p0 = self.stack0(torch.cat([self.reduce1(p1), c0], dim=1))
-        return [att(p) for att, p in zip(self.attention, [p0, p1, p2])]
+        return self._attend([p0, p1, p2])
 
 
 class PANet(Neck):
@@ -118,7 +126,7 @@ class PANet(Neck):
         p0 = self.td0(torch.cat([self.lateral0(c0), self.reduce1(t1)], dim=1))
         p1 = self.bu1(torch.cat([self.down0(p0), t1], dim=1))
         p2 = self.bu2(torch.cat([self.down1(p1), t2], dim=1))
-        return [att(p) for att, p in zip(self.attention, [p0, p1, p2])]
+        return self._attend([p0, p1, p2])
 
 
 class GFM(Neck):
@@ -163,7 +171,7 @@ class GFM(Neck):
         p0 = self.stack0(torch.cat([self.lateral0(c0), self.scatter0(g)], dim=1))
         p1 = self.stack1(torch.cat([self.lateral1(c1), g], dim=1))
         p2 = self.stack2(torch.cat([t2, self.scatter2(g)], dim=1))
-        return [att(p) for att, p in zip(self.attention, [p0, p1, p2])]
+        return self._attend([p0, p1, p2])
 
 
 class EFMFusion(nn.Module):
@@ -246,7 +254,7 @@ class EFM(Neck):
         f0, f1, f2 = fused[0], fused[1], fused[2]
         p1 = self.bu1(torch.cat([self.down0(f0), f1], dim=1))
         p2 = self.bu2(torch.cat([self.down1(p1), f2], dim=1))
-        return [att(p) for att, p in zip(self.attention, [f0, p1, p2])]
+        return self._attend([f0, p1, p2])
 
 
 NECK_CLASSES: dict[str, Callable[[list[int], DetectorConfig], Neck]] = {"fpn": FPN, "panet": PANet, "gfm": GFM, "efm": EFM}

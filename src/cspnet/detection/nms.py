@@ -55,11 +55,12 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: fl
     # Stable sort: equal scores keep their input order.
     order = torch.sort(scores, descending=True, stable=True)[1]
     boxes, labels = boxes[order], labels[order]
-    overlaps = (box_iou(boxes, boxes) > iou_threshold) & (labels[:, None] == labels[None, :])
-    # Only a higher-ranked (earlier) box can suppress a later one.
-    overlaps = torch.triu(overlaps, diagonal=1)
     suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
-    for i in range(n):
-        if not bool(suppressed[i]):
-            suppressed = suppressed | overlaps[i]
+    # One IoU row per kept box (not the N x N matrix): memory stays linear in N.
+    for i in range(n - 1):
+        if bool(suppressed[i]):
+            continue
+        overlap = box_iou(boxes[i : i + 1], boxes[i + 1 :])[0] > iou_threshold
+        # In place on the view (TorchScript compiles `|=` on a slice to a copy).
+        suppressed[i + 1 :].logical_or_(overlap & (labels[i + 1 :] == labels[i]))
     return order[~suppressed]
