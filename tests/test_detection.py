@@ -133,16 +133,15 @@ def test_a_csp_densenet_efm_detector_for_n_classes_in_one_line() -> None:
     assert cspnet.create_model(SMALL).num_classes == 80  # detectors default to COCO's 80 classes
 
 
-def test_tracing_and_scripting() -> None:
+def test_scripting() -> None:
+    """TorchScript compiles the whole detector (tracing is exercised by the ONNX export test)."""
     model = cspnet.create_model(SMALL, num_classes=2, sam=True).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
-        traced = torch.jit.trace(model, x)
         scripted = torch.jit.script(model)
-        for got in (traced(x), scripted(x)):
-            for a, b in zip(got, expected):
-                torch.testing.assert_close(a, b)
+        for a, b in zip(scripted(x), expected):
+            torch.testing.assert_close(a, b)
         # Scripted, the padding follows the input size.
         assert [o.shape[-1] for o in scripted(torch.randn(1, 3, 64, 40))] == [12, 6, 3]
 
