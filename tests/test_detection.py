@@ -13,7 +13,7 @@ from torch import nn
 import cspnet
 from cspnet.detection import NECKS, Detector
 
-DETECTORS = sorted(n for n in cspnet.list_models() if isinstance(cspnet.get_model_entry(n).config, cspnet.detection.DetectorConfig))
+DETECTORS = cspnet.list_models(task="detection")
 SMALL = "cspdensenet_bc40_efm"
 
 

@@ -21,7 +21,7 @@ def cfg_figures(cfg: str, side: int, bflops: float, **extra: Any) -> dict[str, A
 
 def register_detector(name: str, cfg: DetectorConfig, description: str, side: int, **kwargs: Any) -> ModelEntry:
     return register_model(
-        ModelEntry(name, build_detector, cfg, description, input_size=(3, side, side), num_classes=80, **kwargs)
+        ModelEntry(name, build_detector, cfg, description, input_size=(3, side, side), num_classes=80, task="detection", **kwargs)
     )
 
 
