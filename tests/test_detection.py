@@ -12,6 +12,7 @@ from torch import nn
 
 import cspnet
 from cspnet.detection import NECKS, Detector
+from cspnet.detection.costs import feature_pyramid_memory
 
 DETECTORS = cspnet.list_models(task="detection")
 SMALL = "cspdensenet_bc40_efm"
@@ -181,11 +182,17 @@ def test_efm_feeds_each_scale_from_levels_s_minus_1_s_and_s_plus_1() -> None:
 
 
 def test_maxout_shrinks_what_efm_concatenates() -> None:
-    with_maxout = cspnet.create_model(SMALL, num_classes=2)
-    without = cspnet.create_model(SMALL, num_classes=2, maxout=0)
+    with torch.device("meta"):
+        with_maxout = cspnet.create_model(SMALL, num_classes=2)
+        without = cspnet.create_model(SMALL, num_classes=2, maxout=0)
     # 3 x 32 concatenated channels at scale 0: Maxout 4 -> 24 into the stack, 96 without it.
     assert with_maxout.neck.fuse0.stack[0].conv.in_channels == 24
     assert without.neck.fuse0.stack[0].conv.in_channels == 96
+    # The concatenations are the same; the stacks read a quarter of them, so the inference peak drops.
+    compressed = feature_pyramid_memory(SMALL, 128)
+    full = feature_pyramid_memory(SMALL, 128, maxout=0)
+    assert compressed.concat_bytes == full.concat_bytes
+    assert compressed.peak_bytes < full.peak_bytes
 
 
 @pytest.mark.parametrize(

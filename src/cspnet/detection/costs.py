@@ -61,11 +61,14 @@ def feature_pyramid_memory(name: str, input_size: Sequence[int] | int, **overrid
     >>> m.concat_bytes < m.total_bytes and m.peak_bytes <= m.total_bytes
     True
     """
+    from cspnet.detection.model import Detector
     from cspnet.models import create_model
 
     size = (3, input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     with torch.device("meta"):
         model = create_model(name, **overrides).eval()
+        if not isinstance(model, Detector):
+            raise ValueError(f"{name!r} is not a detector: feature-pyramid memory needs a neck")
         features = model.backbone(torch.empty(1, *size))
         tracker = _NeckAllocations()
         with tracker:
