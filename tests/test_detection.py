@@ -229,3 +229,19 @@ def test_other_invalid_uses_name_the_problem() -> None:
     assert len(strict(torch.randn(1, 3, 64, 64))) == 3
     with pytest.raises(ValueError, match="multiples of the detector's stride 16"):
         strict(torch.randn(1, 3, 60, 64))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", SMALL, "--format", "onnx", "--output", "unused.onnx"],
+        ["benchmark", SMALL],
+        ["train", "--model", SMALL, "--epochs", "1"],
+    ],
+)
+def test_classification_commands_refuse_detectors_in_one_line(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    from cspnet.cli.main import main
+
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"'{SMALL}' is a detection model" in lines[0]

@@ -66,6 +66,16 @@ def get_model_entry(name: str) -> ModelEntry:
 TASKS: tuple[str, ...] = ("classification", "detection")
 
 
+def require_classifier(name: str, command: str) -> None:
+    """Raise ``ValueError`` if ``name`` is a registered detector: ``command`` handles classifiers only."""
+    entry = get_model_entry(name)
+    if entry.task != "classification":
+        raise ValueError(
+            f"{command} handles classification models; {name!r} is a {entry.task} model "
+            "(build it with cspnet.create_model; see docs/detection-models.md)"
+        )
+
+
 def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
     """Registered model names matching a shell-style wildcard ``pattern``, sorted; ``task`` keeps
     only ``"classification"`` or ``"detection"`` models (default: both).

@@ -55,6 +55,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line message for an impossible setting."""
+        from cspnet.models.registry import list_models, require_classifier
+
+        if self.model in list_models():  # unknown names fail where the model is built
+            require_classifier(self.model, "cspnet train")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size}
         for name, value in positive.items():
             if value < 1:
