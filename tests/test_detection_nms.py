@@ -123,10 +123,19 @@ def test_decode_places_a_zero_prediction_at_the_cell_centre_with_the_anchor_size
     assert torch.allclose(scores, torch.full_like(scores, 0.25))  # sigmoid(0) * sigmoid(0)
 
 
-def test_postprocess_thresholds_clips_and_suppresses() -> None:
+@pytest.mark.parametrize("scripted", [False, True])
+def test_postprocess_thresholds_clips_and_suppresses(scripted: bool) -> None:
+    run = torch.jit.script(postprocess) if scripted else postprocess
     boxes = torch.tensor([[[-5.0, -5, 20, 20], [0, 0, 20, 20], [100, 100, 120, 120], [50, 50, 60, 60]]])
     scores = torch.tensor([[[0.9, 0.0], [0.8, 0.0], [0.0, 0.6], [0.1, 0.2]]])
-    (result,) = postprocess(boxes, scores, [64, 110], conf_threshold=0.25, iou_threshold=0.5)
+    (result,) = run(boxes, scores, [64, 110], 0.25, 0.5)
     assert result["labels"].tolist() == [0, 1]
     assert result["scores"].tolist() == pytest.approx([0.9, 0.6])
     assert result["boxes"].tolist() == [[0, 0, 20, 20], [100, 64, 110, 64]]
+
+
+def test_decode_is_torchscript_compatible() -> None:
+    out = [torch.randn(2, 3 * 7, 4, 4), torch.randn(2, 3 * 7, 2, 2)]
+    anchors = torch.rand(2, 3, 2) * 50
+    for a, b in zip(torch.jit.script(decode)(out, anchors, [8, 16], 2), decode(out, anchors, [8, 16], 2)):
+        torch.testing.assert_close(a, b)

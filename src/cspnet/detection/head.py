@@ -94,7 +94,8 @@ def postprocess(
     height, width = float(image_size[0]), float(image_size[1])
     for b in range(boxes.shape[0]):
         image_scores = scores[b]
-        idx, labels = torch.nonzero(image_scores > conf_threshold, as_tuple=True)
+        pairs = torch.nonzero(image_scores > conf_threshold)
+        idx, labels = pairs[:, 0], pairs[:, 1]
         kept_scores = image_scores[idx, labels]
         if kept_scores.numel() > max_candidates:
             top = torch.topk(kept_scores, max_candidates)[1]
