@@ -70,3 +70,18 @@ def test_cli_models_lists_the_cfg_detectors_with_parameter_counts() -> None:
     # PyTorch parameter counts (BN affine and prediction biases included), 80 classes.
     assert rows["darknet53_fpn_spp"] == "62,998,749"
     assert rows["cspresnext50_panet_spp"] == "56,942,525"
+
+
+def test_neck_comparison_rows_and_table() -> None:
+    from cspnet.detection.costs import NECK_VARIANTS, compare_necks, neck_comparison_table
+
+    rows = compare_necks("cspdensenet_bc40_efm", 64)
+    assert [r.label for r in rows] == [label for label, _ in NECK_VARIANTS]
+    by_label = {r.label: r for r in rows}
+    efm, plain = by_label["EFM, Maxout 4"], by_label["EFM without Maxout"]
+    assert efm.memory.concat_bytes == plain.memory.concat_bytes and efm.memory.peak_bytes < plain.memory.peak_bytes
+    assert efm.neck_bflops < plain.neck_bflops and efm.params < plain.params
+    assert all(r.latency_ms is None for r in rows)
+    table = neck_comparison_table(rows)
+    assert len(table) == 2 + len(rows) and "CPU ms" not in table[0]
+    assert table[2].startswith("| FPN (YOLOv3) | ")

@@ -75,3 +75,71 @@ def feature_pyramid_memory(name: str, input_size: Sequence[int] | int, **overrid
             outputs = model.neck(features)
         del outputs
     return PyramidMemory(tracker.total, tracker.peak, tracker.concat)
+
+
+NECK_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("FPN (YOLOv3)", {"neck": "fpn"}),
+    ("GFM (Fig. 6b)", {"neck": "gfm"}),
+    ("PANet", {"neck": "panet"}),
+    ("EFM, Maxout 4", {"neck": "efm"}),
+    ("EFM without Maxout", {"neck": "efm", "maxout": 0}),
+    ("EFM (SAM)", {"neck": "efm", "sam": True}),
+    ("EFM (SPP)", {"neck": "efm", "spp": True}),
+)
+"""The neck comparison: Table 2's necks and options on one backbone."""
+
+
+@dataclass(frozen=True)
+class NeckCost:
+    """One neck variant of a detector: its costs and (when measured) its CPU latency."""
+
+    label: str
+    overrides: dict[str, Any]
+    bflops: float
+    neck_bflops: float
+    params: int
+    memory: PyramidMemory
+    latency_ms: float | None = None
+
+
+def compare_necks(
+    name: str = "csppeleenet_efm", side: int = 416, *, latency: bool = False, threads: int = 1
+) -> list[NeckCost]:
+    """:data:`NECK_VARIANTS` of the registered detector ``name`` at ``side`` x ``side``.
+
+    Costs come from the meta device (exact); ``latency=True`` adds the median single-image CPU
+    latency of 5 runs with ``threads`` threads (machine- and load-dependent).
+    """
+    from cspnet.models import create_model
+    from cspnet.profiling import profile
+    from cspnet.profiling.latency import measure_latency
+
+    rows = []
+    for label, overrides in NECK_VARIANTS:
+        p = profile(name, side, **overrides)
+        neck = next(g for g in p.groups if g.name == "neck")
+        ms = None
+        if latency:
+            torch.manual_seed(0)
+            model = create_model(name, **overrides)
+            ms = measure_latency(model, (3, side, side), warmup=1, iters=5, threads=threads)
+        memory = feature_pyramid_memory(name, side, **overrides)
+        rows.append(NeckCost(label, overrides, p.darknet_bflops, neck.darknet_bflops, p.params, memory, ms))
+    return rows
+
+
+def neck_comparison_table(rows: list[NeckCost]) -> list[str]:
+    """A markdown table of :func:`compare_necks` rows (latency column only when measured)."""
+    mib = 2**20
+    timed = any(r.latency_ms is not None for r in rows)
+    header = ["neck", "BFLOPs", "neck BFLOPs", "params", "neck memory, all (MiB)", "neck peak (MiB)",
+              "concatenations (MiB)"] + (["CPU ms"] if timed else [])  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    for r in rows:
+        cells = [r.label, f"{r.bflops:.3f}", f"{r.neck_bflops:.3f}", f"{r.params / 1e6:.2f}M",
+                 f"{r.memory.total_bytes / mib:.2f}", f"{r.memory.peak_bytes / mib:.2f}",
+                 f"{r.memory.concat_bytes / mib:.2f}"]  # fmt: skip
+        if timed:
+            cells.append("-" if r.latency_ms is None else f"{r.latency_ms:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
