@@ -7,12 +7,10 @@ models here reproduce to the last FLOP. Profiles run on the meta device (shapes 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import cspnet
+from cspnet.cli.main import main
 
 # (model, input side, darknet's printout, exact 2 x conv MACs of the cfg)
 CFG_FIGURES = [
@@ -51,20 +49,17 @@ def test_registered_figures_are_the_cfg_printouts() -> None:
     assert {k: f"{v}" for k, v in published.items()} == {(n, s): p for n, s, p, _ in CFG_FIGURES}
 
 
-def test_cli_profile_prints_backbone_neck_and_head_rows() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "cspnet.cli.main", "profile", "cspresnext50_panet_spp", "--img-size", "416"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+def test_cli_profile_prints_backbone_neck_and_head_rows(capsys: pytest.CaptureFixture) -> None:
+    assert main(["profile", "cspresnext50_panet_spp", "--img-size", "416"]) == 0
+    out = capsys.readouterr().out
     assert "47.063" in out
     rows = [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in {"backbone", "neck", "head"}]
     assert rows == ["backbone", "neck", "head"]
 
 
-def test_cli_models_lists_the_cfg_detectors_with_parameter_counts() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "cspnet.cli.main", "models", "*_spp"], capture_output=True, text=True, check=True
-    ).stdout
+def test_cli_models_lists_the_cfg_detectors_with_parameter_counts(capsys: pytest.CaptureFixture) -> None:
+    assert main(["models", "*_spp"]) == 0
+    out = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]}
     assert set(rows) == {"cspresnext50_panet_spp", "cspdarknet53_panet_spp", "cspresnet50_panet_spp", "darknet53_fpn_spp"}
     # PyTorch parameter counts (BN affine and prediction biases included), 80 classes.
@@ -75,8 +70,9 @@ def test_cli_models_lists_the_cfg_detectors_with_parameter_counts() -> None:
 def test_neck_comparison_rows_and_table() -> None:
     from cspnet.detection.costs import NECK_VARIANTS, compare_necks, neck_comparison_table
 
-    rows = compare_necks("cspdensenet_bc40_efm", 64)
-    assert [r.label for r in rows] == [label for label, _ in NECK_VARIANTS]
+    assert [label for label, _ in NECK_VARIANTS][:4] == ["FPN (YOLOv3)", "GFM (Fig. 6b)", "PANet", "EFM, Maxout 4"]
+    variants = tuple(v for v in NECK_VARIANTS if v[1].get("neck") == "efm" and len(v[1]) <= 2)[:2]
+    rows = compare_necks("cspdensenet_bc40_efm", 64, variants=variants)
     by_label = {r.label: r for r in rows}
     efm, plain = by_label["EFM, Maxout 4"], by_label["EFM without Maxout"]
     assert efm.memory.concat_bytes == plain.memory.concat_bytes and efm.memory.peak_bytes < plain.memory.peak_bytes
@@ -84,4 +80,4 @@ def test_neck_comparison_rows_and_table() -> None:
     assert all(r.latency_ms is None for r in rows)
     table = neck_comparison_table(rows)
     assert len(table) == 2 + len(rows) and "CPU ms" not in table[0]
-    assert table[2].startswith("| FPN (YOLOv3) | ")
+    assert table[2].startswith("| EFM, Maxout 4 | ")

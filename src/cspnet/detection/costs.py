@@ -103,9 +103,14 @@ class NeckCost:
 
 
 def compare_necks(
-    name: str = "csppeleenet_efm", side: int = 416, *, latency: bool = False, threads: int = 1
+    name: str = "csppeleenet_efm",
+    side: int = 416,
+    *,
+    latency: bool = False,
+    threads: int = 1,
+    variants: tuple[tuple[str, dict[str, Any]], ...] = NECK_VARIANTS,
 ) -> list[NeckCost]:
-    """:data:`NECK_VARIANTS` of the registered detector ``name`` at ``side`` x ``side``.
+    """``variants`` (label, config overrides) of the registered detector ``name`` at ``side`` x ``side``.
 
     Costs come from the meta device (exact); ``latency=True`` adds the median single-image CPU
     latency of 5 runs with ``threads`` threads (machine- and load-dependent).
@@ -115,7 +120,7 @@ def compare_necks(
     from cspnet.profiling.latency import measure_latency
 
     rows = []
-    for label, overrides in NECK_VARIANTS:
+    for label, overrides in variants:
         p = profile(name, side, **overrides)
         neck = next(g for g in p.groups if g.name == "neck")
         ms = None
