@@ -236,7 +236,6 @@ def test_other_invalid_uses_name_the_problem() -> None:
     [
         ["export", SMALL, "--format", "onnx", "--output", "unused.onnx"],
         ["benchmark", SMALL],
-        ["train", "--model", SMALL, "--epochs", "1"],
     ],
 )
 def test_classification_commands_refuse_detectors_in_one_line(argv: list[str], capsys: pytest.CaptureFixture) -> None:
@@ -245,3 +244,10 @@ def test_classification_commands_refuse_detectors_in_one_line(argv: list[str], c
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and f"'{SMALL}' is a detection model" in lines[0]
+
+
+def test_training_config_refuses_detectors() -> None:
+    from cspnet.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=f"cspnet train handles classification models; '{SMALL}' is a detection model"):
+        TrainConfig(model=SMALL).validate()
