@@ -151,11 +151,6 @@ class SppBlock(nn.Module):
         return self.post(self.spp(self.pre(x)))
 
 
-def resample(scale: float, mode: str) -> nn.Module:
-    """An upsampling module by an integer factor (``mode``: ``nearest``, darknet's ``[upsample]``)."""
-    return nn.Upsample(scale_factor=scale, mode=mode)
-
-
 class Downsample(nn.Module):
     """Halve the resolution ``times`` times: 3x3/2 convs (``"conv"``) or 2x2/2 max pools (``"maxpool"``).
 

@@ -40,11 +40,10 @@ def _attention(widths: tuple[int, ...], cfg: DetectorConfig) -> nn.ModuleList:
 
 
 class Neck(nn.Module):
-    """What every neck exposes: the output widths, the backbone levels it needs, its cfg order."""
+    """What every neck exposes: its output widths, its cfg order and SAM on its outputs."""
 
     # Python-side metadata that TorchScript need not compile.
-    __jit_ignored_attributes__ = ["out_chs", "cfg_order", "num_inputs"]
-    num_inputs: int = 3
+    __jit_ignored_attributes__ = ["out_chs", "cfg_order"]
     out_chs: tuple[int, ...]
     cfg_order: tuple[str | int, ...]
     if TYPE_CHECKING:  # for mypy only: TorchScript cannot read this annotation
@@ -207,8 +206,6 @@ class EFM(Neck):
     A finer level more than one octave below ``C0`` (CSPPeleeNet's stride-2 stem under a stride-8
     stage) is brought down by repeated stride-2 steps.
     """
-
-    num_inputs = 4
 
     def __init__(self, in_chs: list[int], cfg: DetectorConfig, finer_ratio: int = 2) -> None:
         super().__init__()
