@@ -165,3 +165,12 @@ def test_detectors_on_backbones_darknet_cannot_describe_are_refused(tmp_path: Pa
     path.write_bytes(struct.pack("<3iq", 0, 2, 0, 0) + bytes(400))
     with pytest.raises(CheckpointError, match="darknet .weights"):
         cspnet.create_model("cspdensenet_bc40_efm", pretrained=path)
+
+
+def test_the_library_state_dict_round_trips(tmp_path: Path) -> None:
+    model = cspnet.create_model("cspdensenet_bc40_efm", num_classes=3)
+    torch.save(model.state_dict(), tmp_path / "detector.pt")
+    loaded = cspnet.create_model("cspdensenet_bc40_efm", num_classes=3, pretrained=tmp_path / "detector.pt")
+    assert all(torch.equal(a, b) for a, b in zip(_state(model).values(), _state(loaded).values()))
+    with pytest.raises(CheckpointError, match="mis-shaped keys.*head.levels.0.2.weight"):
+        cspnet.create_model("cspdensenet_bc40_efm", num_classes=5, pretrained=tmp_path / "detector.pt")
