@@ -63,8 +63,9 @@ class DetectorConfig(ModelConfig):
     def __post_init__(self) -> None:
         if isinstance(self.backbone_overrides, dict):
             object.__setattr__(self, "backbone_overrides", tuple(sorted(self.backbone_overrides.items())))
-        if isinstance(self.anchors, list):
-            object.__setattr__(self, "anchors", tuple(self.anchors))
+        if isinstance(self.anchors, (list, tuple)) and all(isinstance(a, (list, tuple)) for a in self.anchors):
+            # `--set anchors=[[10, 13], ...]` gives lists; the config holds tuples.
+            object.__setattr__(self, "anchors", tuple(tuple(a) for a in self.anchors))
         super().__post_init__()
 
     @property
