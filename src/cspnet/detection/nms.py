@@ -2,7 +2,7 @@
 
 torchvision (whose ``batched_nms`` is the usual choice) is not a dependency of this project and
 cannot be installed next to its pinned torch, so the detectors use these small functions instead.
-They are TorchScript-compatible and run on any device.
+They are TorchScript-compatible and use only device-agnostic tensor ops (tested on the CPU).
 
 Conventions (torchvision's): boxes are ``(x1, y1, x2, y2)``; a box suppresses a lower-scored box of
 the *same label* whose IoU with it is strictly greater than ``iou_threshold``; equal scores keep the
