@@ -251,3 +251,23 @@ def test_training_config_refuses_detectors() -> None:
 
     with pytest.raises(ValueError, match=f"cspnet train handles classification models; '{SMALL}' is a detection model"):
         TrainConfig(model=SMALL).validate()
+
+
+@pytest.mark.parametrize(
+    ("neck", "reach"),
+    [
+        ("fpn", {0: [True, False, False], 1: [True, True, False], 2: [True, True, True]}),  # top-down only
+        ("panet", {0: [True, True, True], 1: [True, True, True], 2: [True, True, True]}),  # + bottom-up
+        ("gfm", {0: [True, True, True], 1: [True, True, True], 2: [True, True, True]}),  # merged, redistributed
+    ],
+)
+def test_which_backbone_levels_reach_which_outputs(neck: str, reach: dict) -> None:
+    """FPN fuses each scale with the coarser ones only; PANet adds the bottom-up path; GFM's global
+    map carries every level to every output (rows: backbone level C0..C2, columns: outputs P0..P2)."""
+    model = cspnet.create_model(SMALL, num_classes=2, neck=neck).eval()
+    with torch.no_grad():
+        features = model.backbone(torch.randn(1, 3, 64, 64))
+        base = model.neck(features)
+        for level, expected in reach.items():
+            bumped = [f + (1.0 if i == level else 0.0) for i, f in enumerate(features)]
+            assert [not torch.allclose(a, b) for a, b in zip(model.neck(bumped), base)] == expected, level
