@@ -188,10 +188,13 @@ def test_maxout_shrinks_what_efm_concatenates() -> None:
     # 3 x 32 concatenated channels at scale 0: Maxout 4 -> 24 into the stack, 96 without it.
     assert with_maxout.neck.fuse0.stack[0].conv.in_channels == 24
     assert without.neck.fuse0.stack[0].conv.in_channels == 96
-    # The concatenations are the same; the stacks read a quarter of them, so the inference peak drops.
+    # At 128 px the fusion nodes concatenate 3 x 32 channels at 32x32, 3 x 64 at 16x16 and 2 x 128 at
+    # 8x8 (float32). With Maxout none of that is built: each node allocates only its output, a quarter.
+    fusion_concat = 4 * (96 * 32 * 32 + 192 * 16 * 16 + 256 * 8 * 8)
     compressed = feature_pyramid_memory(SMALL, 128)
     full = feature_pyramid_memory(SMALL, 128, maxout=0)
-    assert compressed.concat_bytes == full.concat_bytes
+    assert full.concat_bytes - compressed.concat_bytes == fusion_concat
+    assert full.total_bytes - compressed.total_bytes == fusion_concat - fusion_concat // 4
     assert compressed.peak_bytes < full.peak_bytes
 
 

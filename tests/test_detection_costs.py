@@ -75,7 +75,7 @@ def test_neck_comparison_rows_and_table() -> None:
     rows = compare_necks("cspdensenet_bc40_efm", 64, variants=variants)
     by_label = {r.label: r for r in rows}
     efm, plain = by_label["EFM, Maxout 4"], by_label["EFM without Maxout"]
-    assert efm.memory.concat_bytes == plain.memory.concat_bytes and efm.memory.peak_bytes < plain.memory.peak_bytes
+    assert efm.memory.concat_bytes < plain.memory.concat_bytes and efm.memory.peak_bytes < plain.memory.peak_bytes
     assert efm.neck_bflops < plain.neck_bflops and efm.params < plain.params
     assert all(r.latency_ms is None for r in rows)
     table = neck_comparison_table(rows)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cspnet.detection import Maxout, SpatialPyramidPooling, batched_nms, box_iou, decode, postprocess
+from cspnet.detection.blocks import concat_maxout
 
 
 def reference_iou(a: list[float], b: list[float]) -> float:
@@ -94,6 +95,21 @@ def test_maxout_is_the_max_over_strided_channel_groups(out_chs: int, groups: int
         members = [g + j * out_chs for j in range(groups)]  # darknet's maxpool_depth: g, g+K, g+2K, ...
         expected = torch.stack([x[:, c] for c in members]).amax(0)
         assert torch.equal(got[:, g], expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=4), st.integers(1, 6), st.booleans())
+def test_concat_maxout_equals_maxout_of_the_concatenation(widths: list[int], out_chs: int, grad: bool) -> None:
+    total = sum(widths)
+    widths[-1] += (-total) % out_chs  # make the concatenation a multiple of out_chs
+    parts = [torch.randn(2, w, 3, 2, requires_grad=grad) for w in widths]
+    copies = [p.detach().clone() for p in parts]
+    got = concat_maxout(parts, out_chs)
+    assert torch.equal(got, Maxout(out_chs)(torch.cat(parts, 1)))
+    assert all(torch.equal(p, c) for p, c in zip(parts, copies))  # the in-place folding spares the inputs
+    if grad:
+        got.sum().backward()
+        assert all(p.grad is not None for p in parts)
 
 
 def test_maxout_rejects_channels_it_cannot_group() -> None:

@@ -68,6 +68,50 @@ class Maxout(nn.Module):
         return x.reshape(n, c // self.out_chs, self.out_chs, h, w).amax(dim=1)
 
 
+def concat_maxout(parts: list[Tensor], out_chs: int) -> Tensor:
+    """``Maxout(out_chs)(torch.cat(parts, 1))`` without building the concatenation.
+
+    Group ``j`` of the strided Maxout is channels ``j*K .. (j+1)*K`` of the virtual concatenation
+    (``K = out_chs``), which lie in one part or straddle two. Without autograd, the first group is
+    copied into the output and every later one folded into it in place, channel range by channel
+    range: the only new memory is the ``K``-channel output, a ``k``-th of the concatenation that
+    ``Maxout`` would read. With autograd every step is kept for the backward pass instead.
+
+    >>> a, b = torch.randn(1, 6, 2, 2), torch.randn(1, 2, 2, 2)
+    >>> torch.equal(concat_maxout([a, b], 4), Maxout(4)(torch.cat([a, b], 1)))
+    True
+    """
+    total = 0
+    for part in parts:
+        total += part.shape[1]
+    if total % out_chs:
+        raise ValueError(f"Maxout to {out_chs} channels needs a multiple of {out_chs}, got {total}")
+    in_place = not any(part.requires_grad for part in parts)
+    result = torch.empty(0)
+    for group in range(total // out_chs):
+        low, high = group * out_chs, (group + 1) * out_chs
+        # (slice of a part, its first channel within the group)
+        pieces: list[Tensor] = []
+        offsets: list[int] = []
+        start = 0
+        for part in parts:
+            width = part.shape[1]
+            a, b = max(low, start), min(high, start + width)
+            if a < b:
+                pieces.append(part[:, a - start : b - start])
+                offsets.append(a - low)
+            start += width
+        if group == 0:
+            result = torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0].clone()
+        elif in_place:
+            for piece, offset in zip(pieces, offsets):
+                target = result[:, offset : offset + piece.shape[1]]
+                torch.maximum(target, piece, out=target)
+        else:
+            result = torch.maximum(result, torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0])
+    return result
+
+
 class SpatialAttention(nn.Module):
     """YOLOv4's SAM (darknet ``[convolutional] activation=logistic`` + ``[sam] from=-2``).
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from cspnet.detection.blocks import Downsample, Maxout, SpatialAttention, SppBlock, conv_stack
+from cspnet.detection.blocks import Downsample, SpatialAttention, SppBlock, concat_maxout, conv_stack
 from cspnet.detection.config import DetectorConfig
 from cspnet.layers import ConvNormAct
 
@@ -174,17 +174,23 @@ class GFM(Neck):
 
 
 class EFMFusion(nn.Module):
-    """One fused node of EFM: concatenate the scale's inputs, Maxout-compress, then a conv stack."""
+    """One fused node of EFM: Maxout over the concatenated inputs (without building the
+    concatenation, :func:`~cspnet.detection.blocks.concat_maxout`), then a conv stack."""
 
     def __init__(self, sources: int, width: int, cfg: DetectorConfig) -> None:
         super().__init__()
         concat = sources * width
         k = cfg.maxout_size
-        self.maxout: nn.Module = Maxout(concat // k) if k > 1 else nn.Identity()
-        self.stack = _stack(concat // k if k > 1 else concat, width, cfg)
+        self.maxout_chs = concat // k if k > 1 else 0
+        self.stack = _stack(self.maxout_chs or concat, width, cfg)
+
+    def extra_repr(self) -> str:
+        return f"maxout_chs={self.maxout_chs}" if self.maxout_chs else "no maxout"
 
     def forward(self, parts: list[Tensor]) -> Tensor:
-        return self.stack(self.maxout(torch.cat(parts, dim=1)))
+        if self.maxout_chs:
+            return self.stack(concat_maxout(parts, self.maxout_chs))
+        return self.stack(torch.cat(parts, dim=1))
 
 
 class EFM(Neck):
@@ -197,7 +203,8 @@ class EFM(Neck):
         F0 = fuse0([down(C-1), lateral0(C0), up(F1)])     C-1: the backbone level finer than C0
 
     ``fuse``: concatenation -> Maxout (``maxout = k``: every output channel the maximum over ``k``
-    channels with stride ``C / k``, so the concatenation shrinks k-fold) -> stack. Prediction column
+    channels with stride ``C / k``, so the concatenation shrinks k-fold; computed without building
+    the concatenation) -> stack. Prediction column
     (bottom-up, as PANet)::
 
         P0 = F0;   P1 = bu1([down(P0), F1]);   P2 = bu2([down(P1), F2])
