@@ -102,7 +102,7 @@ def fingerprint(name: str) -> dict[str, Any]:
 def main() -> int:
     import cspnet
 
-    names = [*cspnet.list_models(), *VARIANTS]
+    names = [*cspnet.list_models(task="classification"), *VARIANTS]
     reference = {"torch": torch.__version__, "models": {n: fingerprint(n) for n in names}}
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
     REFERENCE.write_text(json.dumps(reference, indent=1, sort_keys=True) + "\n")

@@ -19,7 +19,7 @@ RECORDED = json.loads(REFERENCE.read_text())["models"]
 
 
 def test_every_registered_model_has_a_reference() -> None:
-    assert sorted(RECORDED) == sorted([*cspnet.list_models(), *VARIANTS])
+    assert sorted(RECORDED) == sorted([*cspnet.list_models(task="classification"), *VARIANTS])
 
 
 @pytest.mark.parametrize("name", sorted(RECORDED))

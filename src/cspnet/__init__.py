@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cspnet import profiling
+    from cspnet import detection, profiling
     from cspnet.convert import CheckpointError
     from cspnet.export import optimize_for_inference
     from cspnet.models import (
@@ -59,6 +59,7 @@ __all__ = [
     "UnknownModelError",
     "__version__",
     "create_model",
+    "detection",
     "get_model_entry",
     "list_models",
     "optimize_for_inference",
@@ -71,8 +72,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name == "profiling":
-        value = importlib.import_module("cspnet.profiling")
+    elif name in ("detection", "profiling"):
+        value = importlib.import_module(f"cspnet.{name}")
     else:
         raise AttributeError(f"module 'cspnet' has no attribute {name!r}")
     globals()[name] = value  # looked up once

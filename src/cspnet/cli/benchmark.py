@@ -285,15 +285,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cspnet import create_model, get_model_entry
+    from cspnet import create_model
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} is invalid: expected a positive integer")
     overrides = parse_overrides(args.overrides)
     import torch
 
+    from cspnet.models.registry import require_classifier
+
     for name in args.models:  # fail fast, in this process, on unknown names and bad overrides
-        get_model_entry(name)
+        require_classifier(name, "cspnet benchmark")
         with torch.device("meta"):
             create_model(name, **overrides)
     modes = MODES if args.mode == "both" else (args.mode,)

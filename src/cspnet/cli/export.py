@@ -55,6 +55,7 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
     from cspnet import create_model, get_model_entry
     from cspnet.cli.main import CLIError
     from cspnet.data.transforms import check_img_size
+    from cspnet.models.registry import require_classifier
     from cspnet.training.trained import is_training_checkpoint, load_trained
 
     if args.img_size is not None:
@@ -68,6 +69,7 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
     else:
         if not args.model:
             raise CLIError("name the model (e.g. `cspnet export cspdarknet53 ...`): only `cspnet train` checkpoints say which it is")
+        require_classifier(args.model, "cspnet export")
         num_classes = args.num_classes if args.num_classes is not None else 1000
         model = create_model(args.model, pretrained=args.checkpoint or False, num_classes=num_classes)
         default_size = get_model_entry(args.model).input_size[-1]

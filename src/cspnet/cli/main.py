@@ -121,4 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m cspnet.cli.main` (torchrun) runs this file as __main__: call the imported module's
+    # main, so that CLIError is the class the commands raise (not a second copy of it).
+    from cspnet.cli.main import main as _main
+
+    sys.exit(_main())

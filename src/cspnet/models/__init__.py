@@ -1,7 +1,8 @@
 """Model families, the registry and ``create_model``.
 
 Each family module (``densenet``, ``resnet``, ``darknet``, ``peleenet``) registers its models when
-imported; the ones present are imported here.
+imported; the ones present are imported here, and then :mod:`cspnet.detection`, whose detectors
+(built on these backbones) are in the same registry: whoever asks the registry sees every model.
 """
 
 import importlib
@@ -16,6 +17,7 @@ FAMILIES = ("densenet", "resnet", "darknet", "peleenet")
 for _family in FAMILIES:
     if importlib.util.find_spec(f"cspnet.models.{_family}") is not None:
         importlib.import_module(f"cspnet.models.{_family}")
+importlib.import_module("cspnet.detection")  # last: its detectors are built on the backbones above
 
 __all__ = [
     "Backbone",

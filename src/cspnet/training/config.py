@@ -79,6 +79,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line message for an impossible setting."""
         check_fields(self, label=_flag)
+        from cspnet.models.registry import list_models, require_classifier
+
+        if self.model in list_models():  # unknown names fail where the model is built, with suggestions
+            require_classifier(self.model, "cspnet train")
         if self.accelerator in ("gpu", "cuda"):
             import torch
 
