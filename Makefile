@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test lint resume-check clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
+
+# Every kill point of tests/test_resume.py (CI runs a sample of the slower schedule); about 2 minutes.
+resume-check: $(STAMP)
+	CSPNET_RESUME_CASES=all $(BIN)/python -m pytest -q tests/test_resume.py
 
 clean-venv:
 	rm -rf $(VENV)
