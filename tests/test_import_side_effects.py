@@ -62,6 +62,6 @@ print(json.dumps({{"drawn": drawn, "backend": matplotlib.rcParams._get("backend"
 
 
 def test_every_public_name_resolves() -> None:
-    assert sorted(cspnet.__all__) == sorted([*cspnet._EXPORTS, "__version__", "profiling"])
+    assert sorted(cspnet.__all__) == sorted([*cspnet._EXPORTS, "__version__", "detection", "profiling"])
     for name in cspnet.__all__:
         assert getattr(cspnet, name) is not None
