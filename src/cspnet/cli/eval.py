@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from cspnet.cli.options import add_inference_precision, inference_dtype
+from cspnet.cli.backend_options import add_backend_option, load_for_cli
+from cspnet.cli.options import add_inference_precision
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--no-ema", dest="ema", action="store_false", help="evaluate the raw weights, not the EMA")
     add_inference_precision(p)
+    add_backend_option(p)
     p.add_argument("--output", metavar="DIR", help="where confusion_matrix.png and eval.json go "
                    "(default: the checkpoint's folder)")
     p.set_defaults(func=run)  # fmt: skip
@@ -43,13 +45,10 @@ def run(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from cspnet.export import optimize_for_inference
-    from cspnet.training import load_trained
     from cspnet.training.plots import plot_confusion_matrix
 
-    trained = load_trained(args.checkpoint, expected_model=args.model, ema=args.ema)
-    dtype = inference_dtype(args.precision)
-    model = optimize_for_inference(trained.model, dtype=dtype)  # exact in fp32; bf16 is what is measured
+    model = load_for_cli(args.checkpoint, args, expected_model=args.model, ema=args.ema, batch_size=args.batch_size)
+    trained = model.info  # class names, input size and normalisation, from the checkpoint or the file
     dataset = _dataset(args.data, trained.img_size, trained.class_names)
     n = len(trained.class_names)
     confusion = torch.zeros(n, n, dtype=torch.long)
@@ -57,21 +56,21 @@ def run(args: argparse.Namespace) -> int:
     k = min(5, n)
     with torch.inference_mode():
         for images, targets in DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers):
-            x = trained.preprocess(images).to(dtype=dtype, memory_format=torch.channels_last)
-            logits = model(x).float()
+            logits = model.logits(model.preprocess(images))
             loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
             best = logits.topk(k, dim=1).indices
             top1 += int((best[:, 0] == targets).sum())
             top5 += int((best == targets[:, None]).any(1).sum())
             seen += len(targets)
             confusion.index_put_((targets, best[:, 0]), torch.ones_like(targets), accumulate=True)
-    result = {"checkpoint": str(args.checkpoint), "model": trained.name, "precision": args.precision, "images": seen,
+    result = {"checkpoint": str(args.checkpoint), "model": trained.model_name, "precision": model.precision,
+              "backend": model.backend, "images": seen,
               "top1": round(100 * top1 / seen, 4), "top5": round(100 * top5 / seen, 4),
               "loss": round(loss_sum / seen, 6)}  # fmt: skip
     out = Path(args.output) if args.output else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_confusion_matrix(confusion, trained.class_names, out / "confusion_matrix.png")
-    print(f"{trained.name} ({args.precision}) on {seen} images: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+    print(f"{trained.model_name} ({model.backend} {model.precision}) on {seen} images: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
           f"loss {result['loss']:.4f}  (confusion matrix: {out / 'confusion_matrix.png'})")
     return 0

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cspnet.cli.options import add_inference_precision, inference_dtype
+from cspnet.cli.backend_options import add_backend_option, load_for_cli
+from cspnet.cli.options import add_inference_precision
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +19,13 @@ log = logging.getLogger(__name__)
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images with a `cspnet train` checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="last.ckpt / best.ckpt of `cspnet train`")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="last.ckpt / best.ckpt of `cspnet train`, "
+                   "or a .onnx / TorchScript file written by `cspnet export`")
     p.add_argument("--topk", type=int, default=3, help="classes shown per image (default 3)")
     p.add_argument("--model", help="fail unless the checkpoint holds this model")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_inference_precision(p)
+    add_backend_option(p)
     p.set_defaults(func=run)
 
 
@@ -34,14 +37,11 @@ def run(args: argparse.Namespace) -> int:
 
     from cspnet.cli.main import CLIError
     from cspnet.data import read_image
-    from cspnet.export import optimize_for_inference
-    from cspnet.training import load_trained
 
     if args.topk < 1:
         raise CLIError(f"--topk {args.topk} is invalid: expected a positive integer")
-    trained = load_trained(args.checkpoint, expected_model=args.model)
-    dtype = inference_dtype(args.precision)
-    model = optimize_for_inference(trained.model, dtype=dtype)
+    model = load_for_cli(args.checkpoint, args, expected_model=args.model, batch_size=len(args.images))
+    trained = model.info  # class names, input size and normalisation, from the checkpoint or the file
     images, names, failed = [], [], []
     for path in args.images:
         try:
@@ -56,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cspnet predict: warning: skipped {len(failed)} unreadable image(s): {', '.join(failed[:3])}",
               file=sys.stderr)
     k = min(args.topk, len(trained.class_names))
-    x = trained.preprocess(torch.stack(images)).to(dtype=dtype, memory_format=torch.channels_last)
-    with torch.inference_mode():
-        probs = model(x).float().softmax(dim=1)
+    probs = model.probabilities(model.preprocess(torch.stack(images)))
     top = probs.topk(k, dim=1)
     results = [
         {"image": name, "predictions": [{"label": trained.class_names[int(i)], "probability": round(float(p), 6)}
