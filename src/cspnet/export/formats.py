@@ -58,6 +58,9 @@ class PreprocessingInGraph(nn.Module):
     [[0.5, 0.5]]
     """
 
+    scale: Tensor
+    shift: Tensor
+
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.model = model
@@ -316,7 +319,8 @@ def export_model(
     if int8_calibration is not None:
         from cspnet.inference.quantize import sample_images
 
-        images = sample_images(int8_calibration, img_size, agreement_images, held_out=True)
+        images = sample_images(int8_calibration, img_size, agreement_images, held_out=True,
+                               calibration_count=calibration_images or 0)  # fmt: skip
         batch = info.preprocess(images)
         agreement = float((reference(batch).argmax(1) == load_runner(path, fmt)(batch).argmax(1)).float().mean())
         checked = len(images)

@@ -31,13 +31,17 @@ CALIBRATION_SEED = 0
 FLOAT_OPS = frozenset({"BatchNormalization"})
 
 
-def sample_images(data: str | os.PathLike[str], img_size: int, count: int, *, held_out: bool = False) -> Tensor:
+def sample_images(
+    data: str | os.PathLike[str], img_size: int, count: int, *, held_out: bool = False,
+    calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
+) -> Tensor:  # fmt: skip
     """Up to ``count`` decoded ``uint8 (N, 3, img_size, img_size)`` images from ``data``.
 
     ``data`` is ``"digits"`` or a folder. Calibration (``held_out=False``) draws from the training
     part (the digits' training split, ``DATA/train`` when it exists); ``held_out=True`` from images
-    calibration never sees (the digits' held-out split, ``DATA/val``, or the folder's other images).
-    The draw is seeded, so the same data always gives the same int8 file.
+    calibration never sees (the digits' held-out split, ``DATA/val``, or, in a folder without
+    ``val``, the images after the ``calibration_count`` that calibration took). The draw is seeded,
+    so the same data always gives the same int8 file.
     """
     from cspnet.data import ImageFolder, load_digits_split
 
@@ -52,8 +56,8 @@ def sample_images(data: str | os.PathLike[str], img_size: int, count: int, *, he
     part = root / ("val" if held_out else "train")
     folder = ImageFolder(part if part.is_dir() else root, img_size)
     order = torch.randperm(len(folder), generator=gen)
-    if not part.is_dir():  # one folder for both: calibration takes the first images of the draw, the check the rest
-        order = order[count:] if held_out else order[:count]
+    if held_out and not part.is_dir():  # one folder for both: calibration took the first images of the draw
+        order = order[calibration_count:]
     images = [folder[int(i)][0] for i in order[:count]]
     if not images:
         raise ValueError(f"{root} has no images left to {'check' if held_out else 'calibrate'} the int8 model on")

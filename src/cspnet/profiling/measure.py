@@ -175,7 +175,8 @@ def measure(spec: BenchSpec) -> dict[str, Any]:
         return _result(spec, img, times, memory, threads, engine_setup)
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.precision]
-    model = create_model(spec.model, **spec.overrides)
+    # Any: nn.Module.to's stubs lack memory_format, and jit/compile turn the module into other callables.
+    model: Any = create_model(spec.model, **spec.overrides)
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     x = torch.randn(spec.batch_size, 3, img, img).to(memory_format=memory_format)
 
