@@ -263,8 +263,8 @@ def test_a_missing_backend_names_the_extra(
     ("name", "content", "message"),
     [
         ("m.onnx", b"not a model", "is not an ONNX model"),
-        ("m.pt", b"not a model", "is not a model file"),
-        ("m.ckpt", b"", "is not a model file"),
+        ("m.pt", b"not a model", "is not a `cspnet train` checkpoint, an .onnx file or a TorchScript archive"),
+        ("m.ckpt", b"", "is not a `cspnet train` checkpoint"),
     ],
 )
 def test_a_file_that_is_not_a_model(

@@ -58,17 +58,15 @@ class PreprocessingInGraph(nn.Module):
     [[0.5, 0.5]]
     """
 
-    scale: Tensor
-    shift: Tensor
-
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.model = model
         # 1 / (255 std) and mean / std folded into one multiply-add, computed here in float64.
         scale = [1.0 / (255.0 * s) for s in std]
         shift = [-m / s for m, s in zip(mean, std)]
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).view(1, -1, 1, 1))
+        # Frozen parameters rather than buffers: typed attributes for mypy, constants in the exported graph.
+        self.scale = nn.Parameter(torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1), requires_grad=False)
+        self.shift = nn.Parameter(torch.tensor(shift, dtype=torch.float32).view(1, -1, 1, 1), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.permute(0, 3, 1, 2).float() * self.scale + self.shift

@@ -169,13 +169,13 @@ def _torch_source(
     from cspnet.training.trained import is_training_checkpoint, load_trained
 
     path = Path(source)
-    if path.is_file():
-        if not is_training_checkpoint(path):
+    if path.is_file() or path.suffix or os.sep in str(source):
+        if path.is_file() and not is_training_checkpoint(path):
             raise ValueError(
-                f"{path} is not a model file: expected an .onnx file, a TorchScript archive or a `cspnet train` "
-                "checkpoint (for other weight files pass the model name and weights=FILE)"
+                f"{path} is not a `cspnet train` checkpoint, an .onnx file or a TorchScript archive (for other "
+                "weight files pass the model name and weights=FILE)"
             )
-        trained = load_trained(path, expected_model=expected_model, ema=ema)
+        trained = load_trained(path, expected_model=expected_model, ema=ema)  # a missing file: CheckpointError
         if num_classes is not None and num_classes != len(trained.class_names):
             raise ValueError(f"num_classes {num_classes} contradicts the checkpoint's {len(trained.class_names)} classes")
         info = ModelInfo(
@@ -183,8 +183,6 @@ def _torch_source(
             tuple(float(v) for v in trained.mean), tuple(float(v) for v in trained.std),
         )  # fmt: skip
         return trained.model, info
-    if path.suffix or os.sep in str(source):
-        raise FileNotFoundError(f"model file not found: {source}")
     name = str(source)
     entry = get_model_entry(name)
     if expected_model and expected_model != name:
