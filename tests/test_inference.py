@@ -347,3 +347,36 @@ def test_eval_and_predict_give_the_same_answers_on_every_backend(
         assert result["backend"] == key.split("-")[1]
         assert result["top1"] == first["top1"] and result["loss"] == pytest.approx(first["loss"], abs=1e-4), key
         assert [p["label"] for p in predictions[key]] == [p["label"] for p in predictions[".ckpt-torch"]], key
+
+
+# --- docs/deployment.md runs ------------------------------------------------------------------------
+
+
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_deployment_examples_run(
+    engine: str, digits_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import re
+
+    from cspnet.data import read_image
+
+    text = (DOCS / "deployment.md").read_text()
+    (code,) = re.findall(rf"```python\n(# example: {engine}\n.*?)```", text, flags=re.S)
+    (tmp_path / "docs" / "img").mkdir(parents=True)
+    image = tmp_path / "docs" / "img" / "digit7.png"
+    image.write_bytes((DOCS / "img" / "digit7.png").read_bytes())
+    for name, extra in (("model.onnx", []), ("model_preprocessed.onnx", ["--preprocessing-in-graph"])):
+        argv = ["export", "--checkpoint", str(digits_checkpoint), "--format", "onnx", "--output", str(tmp_path / name)]
+        assert main([*argv, *extra]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"deployment.md ({engine} example)", "exec"), {"__name__": "__main__"})
+    label, probability = capsys.readouterr().out.split()
+    model = load_model(digits_checkpoint)
+    expected = model.probabilities(model.preprocess(read_image(image, model.info.img_size)[None]))[0]
+    assert label == model.info.class_names[int(expected.argmax())]
+    assert float(probability) == pytest.approx(float(expected.max()), abs=1e-3)
