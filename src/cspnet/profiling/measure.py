@@ -60,6 +60,7 @@ class BenchSpec:
     backend: str = "torch"  # inference only: "onnxruntime" / "openvino" run an ONNX export of the model
     calibration_data: str = "digits"  # int8: images the quantisation ranges come from (speed does not depend on them)
     calibration_images: int = 32
+    source: str | None = None  # inference: a file written by `cspnet export` to run instead of building `model`
 
 
 # --- peak memory -----------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def _check(spec: BenchSpec) -> None:
 
 def _uses_inference_model(spec: BenchSpec) -> bool:
     """Rows that go through :func:`cspnet.inference.load_model`, as ``cspnet predict`` runs a model."""
-    if spec.backend != "torch":
+    if spec.backend != "torch" or spec.source:
         return True
     return spec.optimize and spec.channels_last and not spec.jit and not spec.compile and spec.precision != "fp16"
 
@@ -160,11 +161,13 @@ def measure(spec: BenchSpec) -> dict[str, Any]:
     if spec.mode == "inference" and _uses_inference_model(spec):
         from cspnet.inference import load_model
 
+        built = {} if spec.source else {"img_size": img, "overrides": spec.overrides}
         loaded = load_model(
-            spec.model, spec.backend, precision=spec.precision, batch_size=spec.batch_size, threads=spec.threads,
-            img_size=img, overrides=spec.overrides, calibration_data=spec.calibration_data,
-            calibration_images=spec.calibration_images,
+            spec.source or spec.model, spec.backend, precision=spec.precision, batch_size=spec.batch_size,
+            threads=spec.threads, calibration_data=spec.calibration_data, calibration_images=spec.calibration_images,
+            **built,  # type: ignore[arg-type]
         )  # fmt: skip
+        img = loaded.info.img_size
         x = torch.randn(spec.batch_size, *loaded.info.input_shape)
         if spec.backend == "torch":  # the layout the folded model's weights have: no conversion per batch
             x = x.to(memory_format=torch.channels_last)
