@@ -69,6 +69,7 @@ def test_engines_are_measured_through_the_inference_interface(backend: str, prec
     assert ("calibrated on 32 digits" in setup) == (precision == "int8")
 
 
+@pytest.mark.slow  # four fresh measuring processes
 def test_one_table_with_a_row_per_backend_and_precision(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -321,6 +321,7 @@ def test_bf16_without_native_support_is_detected(tmp_path: Path) -> None:
 # --- the CLI on every backend -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ten CLI runs, five of them exporting and compiling on the way
 def test_eval_and_predict_give_the_same_answers_on_every_backend(
     digits_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
