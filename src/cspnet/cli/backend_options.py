@@ -59,6 +59,8 @@ def load_for_cli(source: str | os.PathLike[str], args: argparse.Namespace, **opt
     from cspnet.inference import BackendNotInstalledError, load_model
 
     check_backends_installed([args.backend])
+    if not os.path.exists(source):  # never a registered name here: a random-weight model answers nothing
+        raise CLIError(f"checkpoint file not found: {source}")
     precision = getattr(args, "precision", "fp32")
     if precision == "bf16":
         warn_if_bf16_is_emulated()
