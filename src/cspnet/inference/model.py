@@ -238,44 +238,56 @@ def load_model(
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size} is invalid: expected a positive integer")
     path = Path(source)
-    is_onnx = path.suffix.lower() in ONNX_SUFFIXES
-    if is_onnx and not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    if path.is_file() and not is_onnx and _is_torchscript(path):
-        if backend != "torch":
-            raise ValueError(f"{path} is TorchScript, which runs on backend 'torch'; export ONNX for {backend}")
-        module, info = _load_torchscript(path)
-        _check_size(info, img_size, path)
-        _check_precision(backend, precision or info.precision)
-        if (precision or info.precision) != info.precision:
-            raise ValueError(f"{path} holds {info.precision} weights; re-export it for {precision}")
-        return InferenceModel(TorchEngine(module, channels_last=False, threads=threads), info)
-    if is_onnx:
+    if path.suffix.lower() in ONNX_SUFFIXES:
         if backend == "torch":
             raise ValueError(f"{path} is an ONNX file: run it with backend 'onnxruntime' or 'openvino'")
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
         info = read_onnx_info(path)
         _check_size(info, img_size, path)
         if expected_model and expected_model != info.model_name:
             raise ValueError(f"{path} holds a {info.model_name!r} model, not {expected_model!r}")
-        return _onnx_model(path, info, backend, precision, batch_size, threads, calibration_data, calibration_images)
+        return _onnx_model(path, info, backend, precision, batch_size=batch_size, threads=threads,
+                           calibration_data=calibration_data, calibration_images=calibration_images)  # fmt: skip
+    if path.is_file() and _is_torchscript(path):
+        if backend != "torch":
+            raise ValueError(f"{path} is TorchScript, which runs on backend 'torch'; export ONNX for {backend}")
+        return _torchscript_model(path, precision, img_size, threads)
     model, info = _torch_source(
         source, weights=weights, num_classes=num_classes, img_size=img_size, overrides=overrides or {}, ema=ema,
         expected_model=expected_model,
     )  # fmt: skip
+    return _pytorch_model(model, info, backend, precision, batch_size=batch_size, threads=threads,
+                          calibration_data=calibration_data, calibration_images=calibration_images)  # fmt: skip
+
+
+def _torchscript_model(path: Path, precision: str | None, img_size: int | None, threads: int | None) -> InferenceModel:
+    module, info = _load_torchscript(path)
+    _check_size(info, img_size, path)
+    if (precision or info.precision) != info.precision:
+        raise ValueError(f"{path} holds {info.precision} weights; re-export it for {precision}")
+    return InferenceModel(TorchEngine(module, channels_last=False, threads=threads), info)
+
+
+def _pytorch_model(
+    model: nn.Module, info: ModelInfo, backend: str, precision: str | None, *, batch_size: int,
+    threads: int | None, calibration_data: str | os.PathLike[str] | None, calibration_images: int | None,
+) -> InferenceModel:  # fmt: skip
+    """A PyTorch model on ``backend``: folded in place (torch), or through an ONNX export made here."""
+    from cspnet.export import optimize_for_inference
+    from cspnet.export.formats import export_onnx
+
     want = precision or "fp32"
     _check_precision(backend, want)
     if backend == "torch":
         dtype = torch.bfloat16 if want == "bf16" else torch.float32
         return InferenceModel(TorchEngine.from_model(model, dtype, threads=threads), info.with_(precision=want))
-    from cspnet.export.formats import export_onnx
-
     folder = tempfile.TemporaryDirectory(prefix="cspnet-")
     onnx_path = Path(folder.name) / f"{info.model_name}.onnx"
     example = torch.zeros(2, info.in_chans, info.img_size, info.img_size)
-    from cspnet.export import optimize_for_inference
-
     export_onnx(optimize_for_inference(model, channels_last=False), onnx_path, example, metadata=info.to_metadata())
-    loaded = _onnx_model(onnx_path, info, backend, precision, batch_size, threads, calibration_data, calibration_images)
+    loaded = _onnx_model(onnx_path, info, backend, precision, batch_size=batch_size, threads=threads,
+                         calibration_data=calibration_data, calibration_images=calibration_images)  # fmt: skip
     loaded._resources.append(folder)
     return loaded
 
@@ -286,9 +298,10 @@ def _check_size(info: ModelInfo, img_size: int | None, path: Path) -> None:
 
 
 def _onnx_model(
-    path: Path, info: ModelInfo, backend: str, precision: str | None, batch_size: int, threads: int | None,
+    path: Path, info: ModelInfo, backend: str, precision: str | None, *, batch_size: int, threads: int | None,
     calibration_data: str | os.PathLike[str] | None, calibration_images: int | None,
 ) -> InferenceModel:  # fmt: skip
+    """An ONNX file on onnxruntime or OpenVINO; quantised to int8 first when asked for."""
     want = precision or info.precision
     _check_precision(backend, want)
     folder = None
