@@ -19,6 +19,7 @@ def test_measure_reports_throughput_latency_and_memory(mode: str, precision: str
     assert result["steps"] >= 2 and result["img_per_s"] > 0 and result["latency_ms"] > 0
     assert result["peak_mib"] >= 0 and result["img_size"] == 16
     assert result["img_per_s"] == pytest.approx(2 / (result["latency_ms"] / 1e3))
+    assert result["cpu_ms_per_img"] > 0
 
 
 def test_each_measurement_runs_in_a_fresh_process() -> None:

@@ -8,7 +8,8 @@ backward/step) passes add on top of the model. Where the reset is unavailable, `
 instead (an upper bound).
 
 Throughput is ``batch / median step time`` after warm-up steps; latency is the median time of one
-batch. Inference rows run the way ``cspnet predict`` runs a model: :func:`cspnet.inference.load_model`
+batch; ``cpu_ms_per_img`` is the CPU time all the process's threads spent per image over the timed
+steps, which time spent waiting for a core (another process's) does not inflate. Inference rows run the way ``cspnet predict`` runs a model: :func:`cspnet.inference.load_model`
 on the spec's backend (torch: :func:`cspnet.export.optimize_for_inference`, channels-last, weights in
 the spec's precision; onnxruntime / openvino: the folded model exported to ONNX, int8 quantised on
 ``calibration_data``). Other torch setups (``optimize=False``, NCHW, ``jit``, ``compile``) build the
@@ -108,16 +109,25 @@ class PeakMemory:
 # --- one measurement, in this process ----------------------------------------------------------------
 
 
-def _timed_steps(step: Any, spec: BenchSpec) -> list[float]:
+@dataclass
+class StepTimes:
+    """Wall-clock seconds of each timed step, and the CPU seconds all the process's threads spent."""
+
+    wall: list[float]
+    cpu_seconds: float
+
+
+def _timed_steps(step: Any, spec: BenchSpec) -> StepTimes:
     for _ in range(spec.warmup):
         step()
     times: list[float] = []
+    cpu = time.process_time()
     start = time.perf_counter()
     while len(times) < spec.min_steps or time.perf_counter() - start < spec.min_seconds:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return times
+    return StepTimes(times, time.process_time() - cpu)
 
 
 def _check(spec: BenchSpec) -> None:
@@ -222,17 +232,19 @@ def measure(spec: BenchSpec) -> dict[str, Any]:
 
 
 def _result(
-    spec: BenchSpec, img: int, times: list[float], memory: PeakMemory, threads: int, engine_setup: str
+    spec: BenchSpec, img: int, times: StepTimes, memory: PeakMemory, threads: int, engine_setup: str
 ) -> dict[str, Any]:
-    median = statistics.median(times)
+    median = statistics.median(times.wall)
     return {
         **asdict(spec),
         "img_size": img,
         "threads": threads,
         "engine_setup": engine_setup,
-        "steps": len(times),
+        "steps": len(times.wall),
         "img_per_s": spec.batch_size / median,
         "latency_ms": median * 1e3,
+        # CPU time is what a shared machine distorts least: waiting for a core is not counted.
+        "cpu_ms_per_img": 1e3 * times.cpu_seconds / (len(times.wall) * spec.batch_size),
         "peak_mib": memory.stop() / 2**20,
         "peak_exact": memory.exact,
     }
