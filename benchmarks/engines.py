@@ -145,7 +145,8 @@ def _speedups(results: list[dict[str, Any]], cpu: bool = False) -> dict[tuple[st
 def _verdict(got: float, target: float, cpu: float) -> str:
     if got >= target:
         return f"**met** ({got:.2f}x) [{cpu:.2f}x]"
-    return f"missed by {target - got:.2f}x ({got:.2f}x of {target}x) [{cpu:.2f}x]"
+    short = f"{target - got:.2f}x" if target - got >= 0.005 else "<0.01x"
+    return f"missed by {short} ({got:.3f}x of {target}x) [{cpu:.2f}x]"
 
 
 def render(data: dict[str, Any]) -> str:
