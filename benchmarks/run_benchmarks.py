@@ -290,6 +290,11 @@ def main() -> None:
     generated = render()
     notes = HERE / "notes.md"  # hand-written analysis appended to the generated tables
     DOC.write_text(generated + ("\n" + notes.read_text() if notes.exists() else ""))
+    # The engines section has its own script (benchmarks/engines.py); rebuild it from its results.
+    if (RESULTS / "engines.json").exists():
+        import engines
+
+        engines.write_doc(engines.render(json.loads((RESULTS / "engines.json").read_text())))
     print(f"wrote {DOC}")
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cspnet.cli.benchmark import BenchSpec, describe_setup, markdown_table, measure, measure_isolated
+from cspnet.cli.benchmark import describe_setup, markdown_table
 from cspnet.cli.main import main
+from cspnet.profiling.measure import BenchSpec, measure, measure_isolated
 
 TINY = {"model": "cspdensenet_bc40", "batch_size": 2, "img_size": 16, "warmup": 1, "min_steps": 2, "min_seconds": 0.0}
 
@@ -18,13 +19,14 @@ def test_measure_reports_throughput_latency_and_memory(mode: str, precision: str
     assert result["steps"] >= 2 and result["img_per_s"] > 0 and result["latency_ms"] > 0
     assert result["peak_mib"] >= 0 and result["img_size"] == 16
     assert result["img_per_s"] == pytest.approx(2 / (result["latency_ms"] / 1e3))
+    assert result["cpu_ms_per_img"] > 0
 
 
 def test_each_measurement_runs_in_a_fresh_process() -> None:
     result = measure_isolated(BenchSpec(tune_allocator=False, overrides={"partial_ratio": 0.25}, **TINY))
     assert result["model"] == "cspdensenet_bc40" and result["img_per_s"] > 0
     assert describe_setup(result) == "optimized, channels_last, default malloc, partial_ratio=0.25"
-    assert markdown_table([result]).splitlines()[2].startswith("| cspdensenet_bc40 | inference | 2 | 16 | fp32 |")
+    assert markdown_table([result]).splitlines()[2].startswith("| cspdensenet_bc40 | inference | torch | 2 | 16 | fp32 |")
 
 
 def test_setup_labels_name_what_was_measured() -> None:
@@ -46,3 +48,48 @@ def test_bad_input_is_a_one_line_error(argv: list[str], message: str, capsys: py
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_the_measurement_engine_keeps_its_old_address() -> None:
+    import cspnet.cli.benchmark as cli
+    import cspnet.profiling.measure as engine
+    from cspnet.cli.backend_options import BACKEND_CHOICES
+    from cspnet.inference import BACKENDS
+
+    assert cli.measure_isolated is engine.measure_isolated and cli.BenchSpec is engine.BenchSpec
+    assert cli.PRECISIONS == engine.PRECISIONS and cli.MODES == engine.MODES
+    assert BACKEND_CHOICES == BACKENDS == engine.BACKENDS
+
+
+@pytest.mark.parametrize(("backend", "precision"), [("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8")])
+def test_engines_are_measured_through_the_inference_interface(backend: str, precision: str) -> None:
+    result = measure(BenchSpec(backend=backend, precision=precision, **TINY))
+    assert result["img_per_s"] > 0 and result["backend"] == backend and result["threads"] >= 1
+    setup = describe_setup(result)
+    assert setup.startswith("ORT_ENABLE_ALL" if backend == "onnxruntime" else "THROUGHPUT hint")
+    assert ("calibrated on 32 digits" in setup) == (precision == "int8")
+
+
+@pytest.mark.slow  # four fresh measuring processes
+def test_one_table_with_a_row_per_backend_and_precision(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cspnet.inference.cpu
+
+    monkeypatch.setattr(cspnet.inference.cpu, "has_native_bf16", lambda: False)  # as on an AVX2-only CPU
+    argv = ["benchmark", "cspdensenet_bc40", "--batch-size", "1", "--img-size", "16", "--seconds", "0",
+            "--backend", "torch", "onnxruntime", "--precision", "fp32", "bf16", "int8"]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert sum(line.startswith("| model |") for line in lines) == 1  # the table is printed once
+    rows = [line.split(" | ")[2:6:3] for line in lines[2:]]  # backend, precision
+    assert rows == [["torch", "fp32"], ["torch", "bf16"], ["onnxruntime", "fp32"], ["onnxruntime", "int8"]]
+    assert "no native bf16" in captured.err and "much slower" in captured.err
+    assert "skipped: cspdensenet_bc40 inference torch int8" in captured.err
+    assert "onnxruntime bf16 (onnxruntime runs fp32, int8)" in captured.err
+
+
+def test_a_training_row_on_an_engine_is_skipped(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["benchmark", "densenet_bc40", "--mode", "train", "--backend", "openvino"]) == 2
+    assert "nothing to measure" in capsys.readouterr().err

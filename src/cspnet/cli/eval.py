@@ -11,10 +11,12 @@ Images that cannot be decoded are left out and counted (``skipped_images`` in ``
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cspnet.cli.options import add_crop_pct, add_inference_precision, inference_dtype, positive_int
+from cspnet.cli.backend_options import add_backend_option, load_for_cli
+from cspnet.cli.options import add_crop_pct, add_inference_precision, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ema", dest="ema", action="store_false", help="evaluate the raw weights, not the EMA")
     add_inference_precision(p)
     add_crop_pct(p)
+    add_backend_option(p)
     p.add_argument("--output", metavar="DIR", help="where confusion_matrix.png and eval.json go "
                    "(default: the checkpoint's folder)")
     p.set_defaults(func=run)  # fmt: skip
@@ -86,17 +89,51 @@ def _collate(items: list[Any]) -> tuple[Any, Any, int]:
     return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept]), len(items) - len(kept)
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class _Tally:
+    """Running counts of an evaluation."""
+
+    confusion: Any
+    loss_sum: float = 0.0
+    top1: int = 0
+    top5: int = 0
+    seen: int = 0
+    skipped: int = 0
+
+    def add(self, logits: Any, targets: Any, k: int) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        self.loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+        best = logits.topk(k, dim=1).indices
+        self.top1 += int((best[:, 0] == targets).sum())
+        self.top5 += int((best == targets[:, None]).any(1).sum())
+        self.seen += len(targets)
+        self.confusion.index_put_((targets, best[:, 0]), torch.ones_like(targets), accumulate=True)
+
+
+def _evaluate(model: Any, dataset: Any, args: argparse.Namespace, num_classes: int) -> _Tally:
+    """Every decodable image of ``dataset`` through ``model`` (undecodable ones are counted, not used)."""
     import torch
-    import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
+    tally = _Tally(torch.zeros(num_classes, num_classes, dtype=torch.long))
+    decodable: Any = _Decodable(dataset)  # a map-style dataset (DataLoader needs only len and getitem)
+    loader: DataLoader[Any] = DataLoader(decodable, batch_size=args.batch_size, num_workers=args.workers,
+                                         collate_fn=_collate)  # fmt: skip
+    with torch.inference_mode():
+        for images, targets, dropped in loader:
+            tally.skipped += dropped
+            if len(targets):
+                tally.add(model.logits(model.preprocess(images)), targets, min(5, num_classes))
+    return tally
+
+
+def run(args: argparse.Namespace) -> int:
     from cspnet.cli.main import CLIError
     from cspnet.cli.options import resolve_crop_pct
     from cspnet.data.transforms import check_crop_pct
-    from cspnet.export import optimize_for_inference
     from cspnet.io import atomic_path, atomic_write_text, dumps_json
-    from cspnet.training import load_trained
     from cspnet.training.plots import plot_confusion_matrix
 
     if args.crop_pct is not None:
@@ -106,40 +143,36 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path(args.checkpoint).parent
     if out.exists() and not out.is_dir():
         raise CLIError(f"--output {out} is a file: eval writes eval.json and confusion_matrix.png into a folder")
-    trained = load_trained(args.checkpoint, expected_model=args.model, ema=args.ema)
-    dtype = inference_dtype(args.precision)
-    model = optimize_for_inference(trained.model, dtype=dtype)  # exact in fp32; bf16 is what is measured
-    crop_pct = resolve_crop_pct(args.crop_pct, trained.train_config, args.data)
-    dataset = _dataset(args.data, trained, crop_pct)
-    n = len(trained.class_names)
-    confusion = torch.zeros(n, n, dtype=torch.long)
-    loss_sum, top1, top5, seen, skipped = 0.0, 0, 0, 0, 0
-    k = min(5, n)
-    decodable: Any = _Decodable(dataset)  # a map-style dataset (DataLoader needs only len and getitem)
-    loader: DataLoader[Any] = DataLoader(decodable, batch_size=args.batch_size, num_workers=args.workers, collate_fn=_collate)
-    with torch.inference_mode():
-        for images, targets, dropped in loader:
-            skipped += dropped
-            if not len(targets):
-                continue
-            x = trained.preprocess(images).to(dtype=dtype, memory_format=torch.channels_last)
-            logits = model(x).float()
-            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
-            best = logits.topk(k, dim=1).indices
-            top1 += int((best[:, 0] == targets).sum())
-            top5 += int((best == targets[:, None]).any(1).sum())
-            seen += len(targets)
-            confusion.index_put_((targets, best[:, 0]), torch.ones_like(targets), accumulate=True)
-    if not seen:
-        raise CLIError(f"none of the {skipped} image(s) could be decoded")
-    result = {"checkpoint": str(args.checkpoint), "model": trained.name, "precision": args.precision,
-              "weights": trained.weights, "crop_pct": crop_pct, "images": seen, "skipped_images": skipped,
-              "top1": round(100 * top1 / seen, 4), "top5": round(100 * top5 / seen, 4),
-              "loss": round(loss_sum / seen, 6)}  # fmt: skip
+    model = load_for_cli(args.checkpoint, args, expected_model=args.model, ema=args.ema, batch_size=args.batch_size)
+    info = model.info  # class names, input size and normalisation, from the checkpoint or the file
+    run_config = model.trained.train_config if model.trained is not None else {}  # an exported file has none
+    # --crop-pct, else the run's, else what an exported file records, else the data's default.
+    use_file = args.crop_pct is None and not run_config and info.crop_pct is not None
+    crop_pct = info.crop_pct if use_file else resolve_crop_pct(args.crop_pct, run_config, args.data)
+    dataset = _dataset(args.data, _Source(info.img_size, list(info.class_names), run_config), crop_pct)
+    tally = _evaluate(model, dataset, args, len(info.class_names))
+    if not tally.seen:
+        raise CLIError(f"none of the {tally.skipped} image(s) could be decoded")
+    seen = tally.seen
+    result = {"checkpoint": str(args.checkpoint), "model": info.model_name, "backend": model.backend,
+              "precision": model.precision, "weights": model.trained.weights if model.trained is not None else "file",
+              "crop_pct": crop_pct, "images": seen, "skipped_images": tally.skipped,
+              "top1": round(100 * tally.top1 / seen, 4), "top5": round(100 * tally.top5 / seen, 4),
+              "loss": round(tally.loss_sum / seen, 6)}  # fmt: skip
     atomic_write_text(out / "eval.json", dumps_json(result))  # a NaN loss is written as null
     with atomic_path(out / "confusion_matrix.png") as tmp:
-        plot_confusion_matrix(confusion, trained.class_names, tmp)
-    note = f"  ({skipped} undecodable image(s) left out)" if skipped else ""
-    print(f"{trained.name} ({args.precision}) on {seen} images: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-          f"loss {result['loss']:.4f}  (confusion matrix: {out / 'confusion_matrix.png'}){note}")
+        plot_confusion_matrix(tally.confusion, list(info.class_names), tmp)
+    note = f"  ({tally.skipped} undecodable image(s) left out)" if tally.skipped else ""
+    print(f"{info.model_name} ({model.backend} {model.precision}) on {seen} images: top-1 {result['top1']:.2f}%  "
+          f"top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  (confusion matrix: {out / 'confusion_matrix.png'})"
+          f"{note}")  # fmt: skip
     return 0
+
+
+@dataclass
+class _Source:
+    """What :func:`_dataset` needs to know of the evaluated model."""
+
+    img_size: int
+    class_names: list[str]
+    train_config: dict[str, Any]

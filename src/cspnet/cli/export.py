@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cspnet.cli.backend_options import add_export_engine_options, export_engine_options
+
 DEFAULT_TOLERANCE = 1e-4
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="export the model as built (no conv/BN folding)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="R",
                    help=f"largest accepted relative difference from PyTorch (default {DEFAULT_TOLERANCE:g})")
+    add_export_engine_options(p)
     p.set_defaults(func=run)  # fmt: skip
 
 
@@ -91,11 +94,12 @@ def run(args: argparse.Namespace) -> int:
     output = check_output_file(args.output)
     model, img_size = build_model_from_args(args)
     options = {"exporter": args.onnx_exporter} if args.fmt == "onnx" else {}
-    with atomic_path(output) as tmp:
-        result = export_model(model, args.fmt, tmp, img_size, optimize=args.optimize, **options)
+    engine_options = export_engine_options(args, model, img_size)  # metadata, int8, preprocessing in graph
+    with atomic_path(output) as tmp:  # a failed export leaves no half-written file at --output
+        result = export_model(model, args.fmt, tmp, img_size, optimize=args.optimize, **engine_options, **options)
         result = dataclasses.replace(result, path=Path(output))
     print(result.summary())
-    if not result.max_rel_diff <= args.tolerance:  # also catches NaN
+    if not result.within(args.tolerance):  # also catches NaN
         raise CLIError(
             f"{result.path} does not reproduce PyTorch: relative difference {result.max_rel_diff:.3g} "
             f"exceeds {args.tolerance:g}"

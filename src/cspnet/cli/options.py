@@ -67,22 +67,14 @@ def add_crop_pct(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_crop_pct(flag: float | None, train_config: dict[str, Any], data: str | None = None) -> float:
-    """``--crop-pct`` if given, else the run's ``train_config["crop_pct"]``, else the data's default.
+    """``--crop-pct`` if given, else the run's (:func:`cspnet.data.transforms.run_crop_pct`).
 
-    >>> resolve_crop_pct(None, {"data": "digits"}), resolve_crop_pct(None, {"data": "photos/"})
-    (1.0, 0.875)
     >>> resolve_crop_pct(0.9, {"crop_pct": 0.95}), resolve_crop_pct(None, {"crop_pct": 0.95})
     (0.9, 0.95)
     """
-    from cspnet.data.transforms import DEFAULT_CROP_PCT, DIGITS_CROP_PCT, check_crop_pct
+    from cspnet.data.transforms import check_crop_pct, run_crop_pct
 
-    if flag is not None:
-        return check_crop_pct(flag)
-    recorded = train_config.get("crop_pct")
-    if recorded is not None:
-        return check_crop_pct(recorded, what="the checkpoint's crop_pct")
-    data = data if data is not None else train_config.get("data", "digits")
-    return DIGITS_CROP_PCT if data == "digits" else DEFAULT_CROP_PCT
+    return check_crop_pct(flag) if flag is not None else run_crop_pct(train_config, data)
 
 
 INFERENCE_PRECISIONS = ("fp32", "bf16")

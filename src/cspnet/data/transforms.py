@@ -7,7 +7,7 @@ training module seeds that RNG per step so augmentation is reproducible across r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -58,6 +58,19 @@ def check_crop_pct(crop_pct: Any, what: str = "--crop-pct") -> float:
     if isinstance(crop_pct, bool) or not isinstance(crop_pct, int | float) or not 0 < crop_pct <= 1:
         raise ValueError(f"{what} {crop_pct!r} is invalid: expected a fraction in (0, 1], e.g. 0.875")
     return float(crop_pct)
+
+
+def run_crop_pct(train_config: Mapping[str, Any], data: str | None = None) -> float:
+    """The evaluation ``crop_pct`` of a training run: the one it recorded, else its data's default.
+
+    >>> run_crop_pct({"data": "digits"}), run_crop_pct({"data": "photos/"}), run_crop_pct({"crop_pct": 0.95})
+    (1.0, 0.875, 0.95)
+    """
+    recorded = train_config.get("crop_pct")
+    if recorded is not None:
+        return check_crop_pct(recorded, what="the checkpoint's crop_pct")
+    data = data if data is not None else train_config.get("data", "digits")
+    return DIGITS_CROP_PCT if data == "digits" else DEFAULT_CROP_PCT
 
 
 def resize_size(img_size: int, crop_pct: float) -> int:

@@ -1,0 +1,42 @@
+"""Inference on a CPU through PyTorch, ONNX Runtime or OpenVINO, from any saved form of a model.
+
+>>> from cspnet.inference import BACKENDS, load_model
+>>> BACKENDS
+('torch', 'onnxruntime', 'openvino')
+
+``load_model(source, backend)`` takes a registered name, a ``cspnet train`` checkpoint, or a file
+written by ``cspnet export`` (ONNX or TorchScript, which carry their :class:`ModelInfo`); the
+:class:`InferenceModel` it returns runs a batch with one call. See ``docs/deployment.md``.
+"""
+
+from cspnet.inference.cpu import has_native_bf16, physical_cores
+from cspnet.inference.engines import (
+    BACKEND_EXTRAS,
+    BACKENDS,
+    PRECISIONS,
+    BackendNotInstalledError,
+    OnnxRuntimeEngine,
+    OpenVinoEngine,
+    TorchEngine,
+    onnxruntime_session_options,
+)
+from cspnet.inference.info import ModelInfo, default_info
+from cspnet.inference.model import InferenceModel, load_model, read_onnx_info
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_EXTRAS",
+    "PRECISIONS",
+    "BackendNotInstalledError",
+    "InferenceModel",
+    "ModelInfo",
+    "OnnxRuntimeEngine",
+    "OpenVinoEngine",
+    "TorchEngine",
+    "default_info",
+    "has_native_bf16",
+    "load_model",
+    "onnxruntime_session_options",
+    "physical_cores",
+    "read_onnx_info",
+]

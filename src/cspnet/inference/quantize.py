@@ -1,0 +1,121 @@
+"""int8 post-training static quantization of an exported ONNX file, calibrated on real images.
+
+onnxruntime's own tool does the work (``onnxruntime.quantization.quantize_static``): QDQ format
+(QuantizeLinear/DequantizeLinear pairs around each quantised op, which onnxruntime fuses into int8
+kernels and OpenVINO reads as its own FakeQuantize), int8 weights per output channel, uint8
+activations with ranges from the min/max seen on the calibration images. The calibration images come
+from the user's data (``DATA/train/<class>/*`` or ``DATA/<class>/*``) or the digits' training split,
+preprocessed exactly as the model's :class:`~cspnet.inference.ModelInfo` says. Images not used for
+calibration (the held-out digits, ``DATA/val`` or the rest of the folder) check the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cspnet.inference.info import ModelInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION_IMAGES = 128
+CALIBRATION_BATCH = 16
+CALIBRATION_SEED = 0
+FLOAT_OPS = frozenset({"BatchNormalization"})
+
+
+def sample_images(
+    data: str | os.PathLike[str], img_size: int, count: int, *, held_out: bool = False,
+    calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
+) -> Tensor:  # fmt: skip
+    """Up to ``count`` decoded ``uint8 (N, 3, img_size, img_size)`` images from ``data``.
+
+    ``data`` is ``"digits"`` or a folder. Calibration (``held_out=False``) draws from the training
+    part (the digits' training split, ``DATA/train`` when it exists); ``held_out=True`` from images
+    calibration never sees (the digits' held-out split, ``DATA/val``, or, in a folder without
+    ``val``, the images after the ``calibration_count`` that calibration took). The draw is seeded,
+    so the same data always gives the same int8 file.
+    """
+    from cspnet.data import ImageFolder, load_digits_split
+
+    if count < 1:
+        raise ValueError(f"calibration image count {count} is invalid: expected a positive integer")
+    gen = torch.Generator().manual_seed(CALIBRATION_SEED)
+    if str(data) == "digits":
+        split = load_digits_split(img_size)[1 if held_out else 0]
+        order = torch.randperm(len(split), generator=gen)[:count]
+        return split.images[order]
+    root = Path(data)
+    part = root / ("val" if held_out else "train")
+    folder = ImageFolder(part if part.is_dir() else root, img_size)
+    order = torch.randperm(len(folder), generator=gen)
+    if held_out and not part.is_dir():  # one folder for both: calibration took the first images of the draw
+        order = order[calibration_count:]
+    images = [folder[int(i)][0] for i in order[:count]]
+    if not images:
+        raise ValueError(f"{root} has no images left to {'check' if held_out else 'calibrate'} the int8 model on")
+    return torch.stack(images)
+
+
+def _calibration_reader(input_name: str, batches: list[np.ndarray]) -> object:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        """Feeds the calibration batches to onnxruntime's calibrator, one dict per batch."""
+
+        def __init__(self) -> None:
+            self.batches: Iterator[np.ndarray] = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    return Reader()
+
+
+def quantize_int8(
+    fp32_path: str | os.PathLike[str],
+    int8_path: str | os.PathLike[str],
+    info: ModelInfo,
+    calibration_data: str | os.PathLike[str],
+    *,
+    count: int = DEFAULT_CALIBRATION_IMAGES,
+) -> Path:
+    """Write the int8 (QDQ, per-channel) version of ``fp32_path`` to ``int8_path``; metadata kept.
+
+    ``info`` says how to preprocess the calibration images; the written file's metadata is ``info``
+    with ``precision="int8"``.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    images = sample_images(calibration_data, info.img_size, count)
+    batches = [info.preprocess(chunk).numpy() for chunk in images.split(CALIBRATION_BATCH)]
+    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    int8_path = Path(int8_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        # onnxruntime's recommended first step: shape inference and graph clean-up, so every conv gets
+        # its own quantisation parameters.
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        # A batch norm left standing (DenseNet's pre-activation norms, which no conv absorbs) stays in
+        # float: its per-channel affine has no int8 kernel and the quantiser cannot give it one.
+        op_types = sorted({node.op_type for node in onnx.load(str(prepared)).graph.node} - FLOAT_OPS)
+        quantize_static(
+            str(prepared), str(int8_path), _calibration_reader(input_name, batches),
+            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=op_types,
+        )  # fmt: skip
+    from cspnet.export.formats import write_onnx_metadata
+
+    write_onnx_metadata(int8_path, info.with_(precision="int8").to_metadata())
+    log.info("int8: calibrated on %d images of %s", len(images), calibration_data)
+    return int8_path

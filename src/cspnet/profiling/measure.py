@@ -1,0 +1,273 @@
+"""The measurement engine of ``cspnet benchmark``: throughput, latency and peak memory of one setup.
+
+Every measurement can run in a fresh Python process (:func:`measure_isolated`): the peak memory of one
+run cannot leak into the next, and allocator caches start empty. Peak memory is the process's
+resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` once the model,
+inputs and optimizer exist) minus the resident set at that moment: the memory the forward (and
+backward/step) passes add on top of the model. Where the reset is unavailable, ``ru_maxrss`` is used
+instead (an upper bound).
+
+Throughput is ``batch / median step time`` after warm-up steps; latency is the median time of one
+batch; ``cpu_ms_per_img`` is the CPU time all the process's threads spent per image over the timed
+steps, which time spent waiting for a core (another process's) does not inflate. Inference rows run the way ``cspnet predict`` runs a model: :func:`cspnet.inference.load_model`
+on the spec's backend (torch: :func:`cspnet.export.optimize_for_inference`, channels-last, weights in
+the spec's precision; onnxruntime / openvino: the folded model exported to ONNX, int8 quantised on
+``calibration_data``). Other torch setups (``optimize=False``, NCHW, ``jit``, ``compile``) build the
+model here. A training step is forward, cross-entropy, backward and an SGD (momentum 0.9) update,
+under autocast for bf16/fp16. Inference tunes the allocator as ``cspnet predict`` does
+(:func:`cspnet.runtime.tune_cpu_allocator`) unless ``tune_allocator=False``; training keeps glibc's
+defaults, as ``cspnet train`` does.
+
+>>> r = measure(BenchSpec("cspdensenet_bc40", batch_size=1, img_size=16, min_steps=1, min_seconds=0, warmup=0))
+>>> r["img_per_s"] > 0, r["backend"], r["precision"]
+(True, 'torch', 'fp32')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+MODES = ("inference", "train")
+BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """One measurement: a model in one mode at one batch size, precision and memory format."""
+
+    model: str
+    mode: str = "inference"
+    batch_size: int = 16
+    img_size: int | None = None  # None: the model's registered input size
+    precision: str = "fp32"
+    channels_last: bool = True
+    optimize: bool = True
+    jit: bool = False
+    compile: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    min_steps: int = 3
+    min_seconds: float = 3.0
+    warmup: int = 2
+    threads: int | None = None
+    tune_allocator: bool = True
+    backend: str = "torch"  # inference only: "onnxruntime" / "openvino" run an ONNX export of the model
+    calibration_data: str = "digits"  # int8: images the quantisation ranges come from (speed does not depend on them)
+    calibration_images: int = 32
+    source: str | None = None  # inference: a file written by `cspnet export` to run instead of building `model`
+
+
+# --- peak memory -----------------------------------------------------------------------------------
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_bytes("VmHWM") is not None
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Resident memory added between ``start()`` and ``stop()`` at its highest point, in bytes."""
+
+    def start(self) -> None:
+        import gc
+        import resource
+
+        gc.collect()
+        self.exact = _reset_peak_rss()
+        self.base = _status_bytes("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def stop(self) -> int:
+        import resource
+
+        peak = _status_bytes("VmHWM") if self.exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return max(0, int(peak or 0) - self.base)
+
+
+# --- one measurement, in this process ----------------------------------------------------------------
+
+
+@dataclass
+class StepTimes:
+    """Wall-clock seconds of each timed step, and the CPU seconds all the process's threads spent."""
+
+    wall: list[float]
+    cpu_seconds: float
+
+
+def _timed_steps(step: Any, spec: BenchSpec) -> StepTimes:
+    for _ in range(spec.warmup):
+        step()
+    times: list[float] = []
+    cpu = time.process_time()
+    start = time.perf_counter()
+    while len(times) < spec.min_steps or time.perf_counter() - start < spec.min_seconds:
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return StepTimes(times, time.process_time() - cpu)
+
+
+def _check(spec: BenchSpec) -> None:
+    if spec.mode not in MODES:
+        raise ValueError(f"mode {spec.mode!r} is invalid: expected one of {', '.join(MODES)}")
+    if spec.precision not in PRECISIONS:
+        raise ValueError(f"precision {spec.precision!r} is invalid: expected one of {', '.join(PRECISIONS)}")
+    if spec.backend not in BACKENDS:
+        raise ValueError(f"backend {spec.backend!r} is invalid: expected one of {', '.join(BACKENDS)}")
+    if spec.backend != "torch" and (spec.mode != "inference" or spec.jit or spec.compile or not spec.optimize):
+        raise ValueError(f"backend {spec.backend!r} measures optimized inference only (no training, jit or compile)")
+    if spec.precision == "int8" and spec.backend == "torch":
+        raise ValueError("int8 runs on backend 'onnxruntime' or 'openvino'")
+
+
+def _uses_inference_model(spec: BenchSpec) -> bool:
+    """Rows that go through :func:`cspnet.inference.load_model`, as ``cspnet predict`` runs a model."""
+    if spec.backend != "torch" or spec.source:
+        return True
+    return spec.optimize and spec.channels_last and not spec.jit and not spec.compile and spec.precision != "fp16"
+
+
+def measure(spec: BenchSpec) -> dict[str, Any]:
+    """Run ``spec`` in this process and return its numbers (see :func:`measure_isolated`)."""
+    import torch
+
+    from cspnet import create_model, get_model_entry
+    from cspnet.export import optimize_for_inference
+    from cspnet.runtime import tune_cpu_allocator
+
+    _check(spec)
+    if spec.tune_allocator and spec.mode == "inference":
+        tune_cpu_allocator()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    img = spec.img_size or get_model_entry(spec.model).input_size[-1]
+    torch.manual_seed(0)
+    memory = PeakMemory()
+    threads, engine_setup = torch.get_num_threads(), ""
+
+    if spec.mode == "inference" and _uses_inference_model(spec):
+        from cspnet.inference import load_model
+
+        built = {} if spec.source else {"img_size": img, "overrides": spec.overrides}
+        loaded = load_model(
+            spec.source or spec.model, spec.backend, precision=spec.precision, batch_size=spec.batch_size,
+            threads=spec.threads, calibration_data=spec.calibration_data, calibration_images=spec.calibration_images,
+            **built,  # type: ignore[arg-type]
+        )  # fmt: skip
+        img = loaded.info.img_size
+        x = torch.randn(spec.batch_size, *loaded.info.input_shape)
+        if spec.backend == "torch":  # the layout the folded model's weights have: no conversion per batch
+            x = x.to(memory_format=torch.channels_last)
+        threads = getattr(loaded.engine, "threads", None) or torch.get_num_threads()
+        engine_setup = getattr(loaded.engine, "setup", "")
+        memory.start()
+        times = _timed_steps(lambda: loaded(x), spec)
+        return _result(spec, img, times, memory, threads, engine_setup)
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.precision]
+    # Any: nn.Module.to's stubs lack memory_format, and jit/compile turn the module into other callables.
+    model: Any = create_model(spec.model, **spec.overrides)
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    x = torch.randn(spec.batch_size, 3, img, img).to(memory_format=memory_format)
+
+    if spec.mode == "inference":
+        # Casting the weights is faster than autocast for inference.
+        if spec.optimize:
+            model = optimize_for_inference(model, channels_last=spec.channels_last, dtype=dtype)
+        else:
+            model = model.eval().to(dtype=dtype, memory_format=memory_format)
+        x = x.to(dtype)
+        with torch.inference_mode():
+            if spec.jit:
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x)))
+        if spec.compile:  # freezing: weights become constants that inductor may pre-pack
+            model = torch.compile(model, options={"freezing": True})
+        memory.start()
+        with torch.inference_mode():
+            times = _timed_steps(lambda: model(x), spec)
+    else:
+        model = model.train().to(memory_format=memory_format)
+        runner = torch.compile(model) if spec.compile else model
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        target = torch.randint(0, 1000, (spec.batch_size,))
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def train_step() -> None:
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                loss = loss_fn(runner(x), target)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        memory.start()
+        times = _timed_steps(train_step, spec)
+    return _result(spec, img, times, memory, threads, engine_setup)
+
+
+def _result(
+    spec: BenchSpec, img: int, times: StepTimes, memory: PeakMemory, threads: int, engine_setup: str
+) -> dict[str, Any]:
+    median = statistics.median(times.wall)
+    return {
+        **asdict(spec),
+        "img_size": img,
+        "threads": threads,
+        "engine_setup": engine_setup,
+        "steps": len(times.wall),
+        "img_per_s": spec.batch_size / median,
+        "latency_ms": median * 1e3,
+        # CPU time is what a shared machine distorts least: waiting for a core is not counted.
+        "cpu_ms_per_img": 1e3 * times.cpu_seconds / (len(times.wall) * spec.batch_size),
+        "peak_mib": memory.stop() / 2**20,
+        "peak_exact": memory.exact,
+    }
+
+
+def _worker() -> None:
+    spec = BenchSpec(**json.loads(sys.stdin.read()))
+    print("BENCH-RESULT " + json.dumps(measure(spec)), flush=True)
+
+
+def measure_isolated(spec: BenchSpec, timeout: float | None = None) -> dict[str, Any]:
+    """Run ``spec`` in a fresh Python process and return its numbers.
+
+    Keys: the spec's fields plus ``img_per_s``, ``latency_ms`` (median batch time), ``peak_mib``
+    (memory added by the steps, see the module docstring), ``steps`` and ``threads``.
+    """
+    code = "from cspnet.profiling.measure import _worker; _worker()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(asdict(spec)), capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            return json.loads(line.removeprefix("BENCH-RESULT "))
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"benchmark of {spec.model} ({spec.mode}, {spec.backend} {spec.precision}) failed: {last}")
