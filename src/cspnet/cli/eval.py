@@ -20,8 +20,9 @@ from cspnet.cli.options import add_crop_pct, add_inference_precision, positive_i
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a `cspnet train` checkpoint (top-1, top-5, loss, confusion matrix)")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="last.ckpt / best.ckpt of `cspnet train`")
+    p = sub.add_parser("eval", help="evaluate a `cspnet train` checkpoint or an exported file (top-1, top-5, loss, confusion matrix)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="last.ckpt / best.ckpt of `cspnet train`, "
+                   "or a .onnx / TorchScript file written by `cspnet export`")
     p.add_argument("--data", default=None, help="'digits' (held-out split) or a folder: DATA/val/<class>/*, "
                    "or DATA/<class>/* (all of it is evaluated); default: the held-out split of the data "
                    "the checkpoint was trained on")
