@@ -255,3 +255,18 @@ def test_fine_tuning_from_a_training_checkpoint_with_other_classes(finished_run,
 
     trained = load_trained(out / "last.ckpt")  # needs no --pretrained file any more
     assert trained.class_names == ["cat", "dog"]
+
+
+def test_bf16_training_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
+    import cspnet.inference.cpu as cpu
+    from cspnet.training.runner import _warn_if_bf16_is_emulated
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        _warn_if_bf16_is_emulated(TrainConfig(precision="bf16-mixed", accelerator="cpu"))
+    assert "no native bf16" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
+    with caplog.at_level("WARNING"):
+        _warn_if_bf16_is_emulated(TrainConfig(precision="bf16-mixed", accelerator="cpu"))
+    assert not caplog.text
