@@ -63,8 +63,10 @@ def _default_label(name: str, value: Any) -> str:
     return f"{name}={value!r}"
 
 
-def check_field(name: str, value: Any, meta: Any, label: Callable[[str, Any], str] = _default_label) -> None:
-    """Check one value against a field's metadata; ``label(name, value)`` is how the message names it."""
+def check_field(name: str, value: Any, meta: Any, label: Callable[[str, Any], str] = _default_label,
+                out_of_range: str = "is invalid") -> None:  # fmt: skip
+    """Check one value against a field's metadata; ``label(name, value)`` is how the message names it,
+    ``out_of_range`` what it says of a number outside the range (model configs: "is out of range")."""
     if "choices" in meta and value not in meta["choices"]:
         choices = ", ".join(repr(c) for c in meta["choices"])
         raise ValueError(f"{label(name, value)} is invalid: expected one of {choices}")
@@ -80,10 +82,10 @@ def check_field(name: str, value: Any, meta: Any, label: Callable[[str, Any], st
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
-        raise ValueError(f"{label(name, value)} is invalid: expected {range_text(name, low, high, low_open, high_open)}")
+        raise ValueError(f"{label(name, value)} {out_of_range}: expected {range_text(name, low, high, low_open, high_open)}")
 
 
-def check_fields(obj: Any, label: Callable[[str, Any], str] = _default_label) -> None:
+def check_fields(obj: Any, label: Callable[[str, Any], str] = _default_label, out_of_range: str = "is invalid") -> None:
     """Check every constrained field of the dataclass instance ``obj``."""
     for f in dataclasses.fields(obj):
-        check_field(f.name, getattr(obj, f.name), f.metadata, label)
+        check_field(f.name, getattr(obj, f.name), f.metadata, label, out_of_range)

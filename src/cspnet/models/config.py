@@ -1,54 +1,22 @@
 """Declarative model configs: one frozen dataclass per family, one instance per registered model.
 
 Every field can be overridden from ``create_model(name, **overrides)``. Constraints live in the field
-metadata (``bounded`` / ``one_of``) and are checked in ``__post_init__``, so an invalid value raises a
+metadata (``bounded`` / ``one_of`` from :mod:`cspnet.fields`, shared with the training config, and
+``positive_ints``) and are checked in ``__post_init__``, so an invalid value raises a
 ``ValueError`` that names the field and its valid range wherever the config is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from cspnet.fields import bounded, check_field, one_of
 from cspnet.layers.act import ACTIVATION_NAMES
 from cspnet.layers.cross_stage import FUSIONS
 
 _Config = TypeVar("_Config", bound="ModelConfig")
-
-
-def bounded(
-    default: Any,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-    optional: bool = False,
-    integer: bool = False,
-    doc: str = "",
-) -> Any:
-    """A numeric field with ``low <= value <= high`` (strict where ``low_open`` / ``high_open``).
-
-    ``optional`` also admits ``None`` (a field whose default is derived from the others);
-    ``integer`` rejects non-integers.
-    """
-    meta = {
-        "low": low,
-        "high": high,
-        "low_open": low_open,
-        "high_open": high_open,
-        "optional": optional,
-        "integer": integer,
-        "doc": doc,
-    }
-    return field(default=default, metadata=meta)
-
-
-def one_of(default: Any, choices: tuple[Any, ...], doc: str = "") -> Any:
-    """A field whose value must be one of ``choices``."""
-    return field(default=default, metadata={"choices": choices, "doc": doc})
 
 
 def positive_ints(default: tuple[int, ...], doc: str = "") -> Any:
@@ -69,16 +37,6 @@ def transition_b_ratio_field(default: float | None) -> Any:
     )
 
 
-def _range_text(name: str, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
-    parts = []
-    if low is not None:
-        parts.append(f"{low} {'<' if low_open else '<='} ")
-    parts.append(name)
-    if high is not None:
-        parts.append(f" {'<' if high_open else '<='} {high}")
-    return "".join(parts)
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Fields every family shares."""
@@ -93,20 +51,7 @@ class ModelConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             meta = f.metadata
-            if "choices" in meta and value not in meta["choices"]:
-                choices = ", ".join(repr(c) for c in meta["choices"])
-                raise ValueError(f"{f.name}={value!r} is invalid: expected one of {choices}")
-            if "low" in meta and not (meta["optional"] and value is None):
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise ValueError(f"{f.name}={value!r} is invalid: expected a number")
-                if meta["integer"] and not isinstance(value, int):
-                    raise ValueError(f"{f.name}={value!r} is invalid: expected an integer")
-                low, high, low_open, high_open = meta["low"], meta["high"], meta["low_open"], meta["high_open"]
-                too_low = low is not None and (value <= low if low_open else value < low)
-                too_high = high is not None and (value >= high if high_open else value > high)
-                if too_low or too_high:
-                    expected = _range_text(f.name, low, high, low_open, high_open)
-                    raise ValueError(f"{f.name}={value!r} is out of range: expected {expected}")
+            check_field(f.name, value, meta, out_of_range="is out of range")  # bounded / one_of fields
             if meta.get("positive_ints"):
                 if isinstance(value, list):
                     value = tuple(value)
