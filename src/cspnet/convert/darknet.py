@@ -137,15 +137,20 @@ def _read_layer(layer: DarknetConv, floats: _Floats) -> Iterator[tuple[str, Tens
         yield f"{layer.name}.bn.{key}", torch.cat(chunks)
 
 
-def read_darknet_weights(path: Path, model: nn.Module) -> StateDict:
-    """Read darknet ``.weights`` at ``path`` into a state dict for ``model`` (this library's layout)."""
-    layers = darknet_layers(model)
+def read_floats(path: Path) -> _Floats:
+    """The float32 payload of a darknet ``.weights`` file after its header, as a cursor."""
     raw = Path(path).read_bytes()
     _, offset = read_header(raw)
     payload = raw[offset:]
     if len(payload) % 4:
         raise CheckpointError(f"{path}: not a darknet .weights file ({len(payload)} payload bytes, not float32s)")
-    floats = _Floats(torch.frombuffer(bytearray(payload), dtype=torch.float32))
+    return _Floats(torch.frombuffer(bytearray(payload), dtype=torch.float32))
+
+
+def read_darknet_weights(path: Path, model: nn.Module) -> StateDict:
+    """Read darknet ``.weights`` at ``path`` into a state dict for ``model`` (this library's layout)."""
+    layers = darknet_layers(model)
+    floats = read_floats(path)
     backbone = sum(_layer_floats(layer) for layer in layers)
     feat_chs = layers[-1].module.conv.weight.shape[0]
     leftover = floats.left - backbone

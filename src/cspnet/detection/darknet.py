@@ -17,18 +17,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from cspnet.convert.checkpoint import CheckpointError, StateDict, register_file_reader
 from cspnet.convert.darknet import (
     DarknetConv,
-    _Floats,
     _layer_floats,
     _read_layer,
     darknet_layers,
     read_darknet_weights,
-    read_header,
+    read_floats,
 )
 from cspnet.detection.model import Detector
 from cspnet.layers import ConvNormAct
@@ -75,12 +73,7 @@ def detector_darknet_layers(
 def read_detector_weights(path: Path, model: Detector) -> StateDict:
     """Read darknet ``.weights`` at ``path`` into a state dict for the detector ``model``."""
     backbone, segments, predictions = detector_darknet_layers(model)
-    raw = Path(path).read_bytes()
-    _, offset = read_header(raw)
-    payload = raw[offset:]
-    if len(payload) % 4:
-        raise CheckpointError(f"{path}: not a darknet .weights file ({len(payload)} payload bytes, not float32s)")
-    floats = _Floats(torch.frombuffer(bytearray(payload), dtype=torch.float32))
+    floats = read_floats(path)
     backbone_floats = sum(_layer_floats(layer) for layer in backbone)
     neck_floats = sum(_layer_floats(layer) for segment in segments for layer in segment)
     # Each prediction conv holds A * (5 + C) rows of (in + 1) floats.
