@@ -19,7 +19,7 @@ IMG = 64
 def _smallest_model_of_each_family() -> list[str]:
     smallest: dict[object, tuple[int, str]] = {}
     with torch.device("meta"):
-        for name in cspnet.list_models():
+        for name in cspnet.list_models(task="classification"):
             builder = cspnet.get_model_entry(name).builder
             params = count_params(cspnet.create_model(name))
             if builder not in smallest or params < smallest[builder][0]:

@@ -36,7 +36,7 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / a.abs().max()).item()
 
 
-@pytest.mark.parametrize("name", cspnet.list_models())
+@pytest.mark.parametrize("name", cspnet.list_models(task="classification"))
 def test_optimized_model_matches_eval_model(name: str) -> None:
     torch.manual_seed(0)
     model = _with_random_norm_statistics(cspnet.create_model(name, num_classes=10))
@@ -59,7 +59,7 @@ def test_optimized_model_matches_eval_model(name: str) -> None:
     assert conv_weight.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("name", cspnet.list_models())
+@pytest.mark.parametrize("name", cspnet.list_models(task="classification"))
 def test_data_flow_and_structure_find_the_same_pairs(name: str) -> None:
     with torch.device("meta"):
         model = cspnet.create_model(name)

@@ -9,7 +9,7 @@ import torch.fx
 import cspnet
 from cspnet.models.backbone import count_params
 
-MODELS = cspnet.list_models()
+MODELS = cspnet.list_models(task="classification")
 
 
 def small_input(name: str, batch: int = 2) -> torch.Tensor:

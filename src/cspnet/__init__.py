@@ -11,7 +11,7 @@ from cspnet.runtime import default_openmp_wait_policy, tune_cpu_allocator
 # Before torch is imported: OpenMP reads the policy once (see cspnet.runtime for the measurements).
 default_openmp_wait_policy()
 
-from cspnet import profiling  # noqa: E402
+from cspnet import detection, profiling  # noqa: E402
 from cspnet.convert import CheckpointError  # noqa: E402
 from cspnet.export import optimize_for_inference  # noqa: E402
 from cspnet.models import (  # noqa: E402
@@ -36,6 +36,7 @@ __all__ = [
     "UnknownModelError",
     "__version__",
     "create_model",
+    "detection",
     "get_model_entry",
     "list_models",
     "optimize_for_inference",

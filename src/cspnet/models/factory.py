@@ -36,7 +36,7 @@ def create_model(
     name: str,
     *,
     pretrained: bool | str | os.PathLike[str] = False,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     in_chans: int = 3,
     features_only: bool = False,
     out_indices: Sequence[int] | None = None,
@@ -50,7 +50,8 @@ def create_model(
             network); or the path of a weight file: this library's own ``state_dict`` (``torch.save``
             or ``.safetensors``), a torchvision or timm checkpoint as published, or darknet
             ``.weights`` for the ``_paper`` models. Peer layouts are detected and converted.
-        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features);
+            object classes for a detector. Default: the entry's (1000, or 80 for COCO detectors).
         in_chans: input channels.
         features_only: return a :class:`FeatureExtractor` giving the multi-scale maps.
         out_indices: feature levels to return with ``features_only`` (0 = stem, i = stage i).
@@ -63,12 +64,14 @@ def create_model(
     torch.Size([2, 10])
     """
     entry = get_model_entry(name)
+    if num_classes is None:
+        num_classes = entry.num_classes
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes={num_classes!r} is invalid: expected an integer >= 0")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans={in_chans!r} is invalid: expected an integer >= 1")
     config = entry.config.replace(**overrides) if overrides else entry.config
-    model: Backbone = entry.builder(config, num_classes, in_chans)
+    model: Any = entry.builder(config, num_classes, in_chans)
     model.name = name
     model.config = config
     if pretrained is True:
@@ -77,6 +80,8 @@ def create_model(
         for note in load_checkpoint(model, pretrained):
             log.info("%s: %s", name, note)
     if features_only:
+        if not isinstance(model, Backbone):
+            raise ValueError(f"features_only=True needs a backbone; {name!r} is a {type(model).__name__}")
         return FeatureExtractor(model, out_indices)
     if out_indices is not None:
         raise ValueError("out_indices is only meaningful with features_only=True")

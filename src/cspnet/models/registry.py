@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cspnet.models.backbone import Backbone
+from torch import nn
+
 from cspnet.models.config import ModelConfig
 
-Builder = Callable[[Any, int, int], Backbone]
-"""``builder(config, num_classes, in_chans) -> Backbone``."""
+Builder = Callable[[Any, int, int], nn.Module]
+"""``builder(config, num_classes, in_chans) -> model`` (a ``Backbone``; a ``Detector`` for detectors)."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class ModelEntry:
     config: ModelConfig
     description: str
     input_size: tuple[int, int, int] = (3, 224, 224)
+    num_classes: int = 1000
+    """What ``create_model`` builds when no ``num_classes`` is given (80 COCO classes for detectors)."""
+    task: str = "classification"
+    """``"classification"`` (a :class:`~cspnet.models.Backbone`) or ``"detection"`` (a ``Detector``)."""
     pretrained_url: str | None = None
     """Where ``pretrained=True`` fetches weights (in the peer's format; converted on load)."""
     published: tuple[dict[str, Any], ...] = ()
@@ -58,11 +63,21 @@ def get_model_entry(name: str) -> ModelEntry:
         raise UnknownModelError(f"unknown model {name!r}{hint}") from None
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style wildcard ``pattern``, sorted.
+TASKS: tuple[str, ...] = ("classification", "detection")
+
+
+def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Registered model names matching a shell-style wildcard ``pattern``, sorted; ``task`` keeps
+    only ``"classification"`` or ``"detection"`` models (default: both).
 
     >>> import cspnet
-    >>> cspnet.list_models("cspdensenet*")[:2]
+    >>> cspnet.list_models("cspdensenet*", task="classification")[:2]
     ['cspdensenet121', 'cspdensenet169']
+    >>> cspnet.list_models("*_panet_spp")
+    ['cspdarknet53_panet_spp', 'cspresnet50_panet_spp', 'cspresnext50_panet_spp']
     """
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task={task!r} is invalid: expected one of {', '.join(map(repr, TASKS))} or None")
+    return sorted(
+        n for n, e in _REGISTRY.items() if fnmatch.fnmatchcase(n, pattern) and (task is None or e.task == task)
+    )

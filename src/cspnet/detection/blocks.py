@@ -1,0 +1,198 @@
+"""Building blocks of the detection necks: darknet conv units, SPP, Maxout, SAM and conv stacks.
+
+Every conv is the project's :class:`~cspnet.layers.ConvNormAct` (darknet's ``[convolutional]
+batch_normalize=1``: conv without bias -> BN -> activation, ``pad=1`` = ``kernel // 2``); the
+detection cfgs use ``activation=leaky`` (slope 0.1) for all of them but the prediction convs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from cspnet.layers import ConvNormAct, CrossStagePartial
+
+
+class SpatialPyramidPooling(nn.Module):
+    """YOLOv3-SPP's block: stride-1 max pools of several sizes, concatenated with the input.
+
+    The cfgs route ``[pool 13, pool 9, pool 5, input]`` in that order (``layers=-1,-3,-5,-6``), so
+    the output has ``(len(pool_sizes) + 1) * C`` channels at the input's resolution. Darknet pads a
+    stride-1 ``[maxpool]`` by ``size - 1`` in total, which is PyTorch's ``padding=size // 2`` with
+    ``-inf`` padding for odd sizes.
+
+    >>> SpatialPyramidPooling()(torch.randn(1, 8, 13, 13)).shape
+    torch.Size([1, 32, 13, 13])
+    """
+
+    def __init__(self, pool_sizes: tuple[int, ...] = (5, 9, 13)) -> None:
+        super().__init__()
+        if not pool_sizes or any(k < 1 or k % 2 == 0 for k in pool_sizes):
+            raise ValueError(f"pool_sizes={pool_sizes!r} is invalid: expected odd positive sizes")
+        self.pool_sizes = tuple(pool_sizes)
+        # Largest first: the cfgs' route order.
+        self.pools = nn.ModuleList(nn.MaxPool2d(k, 1, k // 2) for k in sorted(pool_sizes, reverse=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([pool(x) for pool in self.pools] + [x], dim=1)
+
+
+class Maxout(nn.Module):
+    """Cross-channel max pooling (Maxout, Goodfellow et al. 2013) as darknet's ``maxpool_depth``.
+
+    ``[maxpool] maxpool_depth=1 out_channels=K``: output channel ``g`` is the maximum over input
+    channels ``g, g + K, g + 2K, ...`` at every pixel. The groups are *strided*, so when the input is
+    a concatenation of ``C / K`` maps of ``K`` channels each, output channel ``g`` is the element-wise
+    maximum of channel ``g`` of every map. ``C`` must be a multiple of ``out_chs``.
+
+    >>> x = torch.arange(6.0).reshape(1, 6, 1, 1)   # channels 0..5
+    >>> Maxout(2)(x).flatten().tolist()              # max(0, 2, 4), max(1, 3, 5)
+    [4.0, 5.0]
+    """
+
+    def __init__(self, out_chs: int) -> None:
+        super().__init__()
+        if out_chs < 1:
+            raise ValueError(f"out_chs={out_chs} is invalid: expected at least 1")
+        self.out_chs = out_chs
+
+    def extra_repr(self) -> str:
+        return f"out_chs={self.out_chs}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        if c % self.out_chs:
+            raise ValueError(f"Maxout to {self.out_chs} channels needs a multiple of {self.out_chs}, got {c}")
+        # (N, C/K, K, H, W): dim 1 walks g, g + K, g + 2K, ... for each g.
+        return x.reshape(n, c // self.out_chs, self.out_chs, h, w).amax(dim=1)
+
+
+class SpatialAttention(nn.Module):
+    """YOLOv4's SAM (darknet ``[convolutional] activation=logistic`` + ``[sam] from=-2``).
+
+    The input is multiplied, element by element, by a sigmoid map of a conv-BN of itself: a
+    point-wise attention with the input's shape (ThunderNet's SAM re-weights by a spatial map; the
+    paper does not say which form EFM(SAM) used, this is the one its authors' darknet ships).
+
+    >>> SpatialAttention(8)(torch.randn(1, 8, 5, 5)).shape
+    torch.Size([1, 8, 5, 5])
+    """
+
+    def __init__(self, chs: int) -> None:
+        super().__init__()
+        self.attention = ConvNormAct(chs, chs, 1, act="linear")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.attention(x))
+
+
+def conv_stack(in_chs: int, width: int, num_convs: int, *, act: str = "leaky", csp: bool = False) -> nn.Module:
+    """YOLOv3's stack of alternating 1x1 (``width``) and 3x3 (``2 * width``) convs, ending on a 1x1.
+
+    ``num_convs`` is odd (5 in every fusion of the cfgs, 3 around SPP). With ``csp=True`` the stack
+    becomes a :class:`~cspnet.layers.CrossStagePartial` stage with the same input and output
+    widths: a 1x1 ``conv_exp`` to ``2 * width`` split in halves; the block path runs
+    ``(num_convs - 1) // 2`` pairs of 1x1/3x3 convs of ``width``, then T (1x1); U (1x1) fuses
+    ``[bypass, T]`` back to ``width`` (the CSP neck of Scaled-YOLOv4, in this library's stage class).
+
+    >>> conv_stack(64, 16, 5)(torch.randn(1, 64, 8, 8)).shape
+    torch.Size([1, 16, 8, 8])
+    >>> conv_stack(64, 16, 5, csp=True)(torch.randn(1, 64, 8, 8)).shape
+    torch.Size([1, 16, 8, 8])
+    """
+    if num_convs < 1 or num_convs % 2 == 0:
+        raise ValueError(f"num_convs={num_convs} is invalid: a stack alternates 1x1/3x3 convs and ends on a 1x1, so it is odd")
+    if not csp:
+        layers: list[nn.Module] = []
+        chs = in_chs
+        for i in range(num_convs):
+            out = width if i % 2 == 0 else 2 * width
+            layers.append(ConvNormAct(chs, out, 1 if i % 2 == 0 else 3, act=act))
+            chs = out
+        return nn.Sequential(*layers)
+    pairs = max(1, (num_convs - 1) // 2)
+    blocks = nn.Sequential(
+        *(
+            nn.Sequential(ConvNormAct(width, width, 1, act=act), ConvNormAct(width, width, 3, act=act))
+            for _ in range(pairs)
+        )
+    )
+    return CrossStagePartial(
+        blocks,
+        bypass_chs=width,
+        conv_exp=ConvNormAct(in_chs, 2 * width, 1, act=act),
+        conv_transition_b=ConvNormAct(width, width, 1, act=act),
+        conv_transition=ConvNormAct(2 * width, width, 1, act=act),
+    )
+
+
+class SppBlock(nn.Module):
+    """The cfgs' top of the pyramid: a 3-conv stack, SPP, a 3-conv stack (1x1 w, 3x3 2w, 1x1 w each).
+
+    Without SPP it is YOLOv3's plain 5-conv stack on the coarsest level.
+
+    >>> SppBlock(64, 16)(torch.randn(1, 64, 4, 4)).shape
+    torch.Size([1, 16, 4, 4])
+    """
+
+    def __init__(self, in_chs: int, width: int, *, spp: bool = True, act: str = "leaky", csp: bool = False) -> None:
+        super().__init__()
+        if spp:
+            self.pre = conv_stack(in_chs, width, 3, act=act, csp=csp)
+            self.spp: nn.Module = SpatialPyramidPooling()
+            self.post = conv_stack(4 * width, width, 3, act=act, csp=csp)
+        else:
+            self.pre = conv_stack(in_chs, width, 5, act=act, csp=csp)
+            self.spp = nn.Identity()
+            self.post = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.post(self.spp(self.pre(x)))
+
+
+def resample(scale: float, mode: str) -> nn.Module:
+    """An upsampling module by an integer factor (``mode``: ``nearest``, darknet's ``[upsample]``)."""
+    return nn.Upsample(scale_factor=scale, mode=mode)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution ``times`` times: 3x3/2 convs (``"conv"``) or 2x2/2 max pools (``"maxpool"``).
+
+    A pooling downsample keeps the width and then projects with a 1x1 conv.
+
+    >>> Downsample(8, 16, 2, "conv")(torch.randn(1, 8, 16, 16)).shape
+    torch.Size([1, 16, 4, 4])
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, times: int, mode: str, act: str = "leaky") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        if mode == "conv":
+            for i in range(times):
+                layers.append(ConvNormAct(in_chs if i == 0 else out_chs, out_chs, 3, stride=2, act=act))
+        elif mode == "maxpool":
+            layers += [nn.MaxPool2d(2, 2, ceil_mode=True) for _ in range(times)]
+            layers.append(ConvNormAct(in_chs, out_chs, 1, act=act))
+        else:
+            raise ValueError(f"downsample mode {mode!r} is invalid: expected 'conv' or 'maxpool'")
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Zero-pad the bottom and right of ``x`` so height and width are multiples of ``multiple``.
+
+    Padding only after the image keeps pixel coordinates unchanged.
+
+    >>> pad_to_multiple(torch.ones(1, 3, 30, 64), 32).shape
+    torch.Size([1, 3, 32, 64])
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    pad_h = (multiple - h % multiple) % multiple
+    pad_w = (multiple - w % multiple) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, [0, pad_w, 0, pad_h])

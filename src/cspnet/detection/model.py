@@ -1,0 +1,167 @@
+"""The detector: a registered backbone's feature maps -> a neck -> YOLOv3 heads.
+
+``forward`` returns the raw prediction maps (what a loss and an export need); :meth:`Detector.detect`
+decodes them into per-image boxes, scores and labels.
+
+Input sizes: the neck joins maps of strides ``r, 2r, 4r``, so height and width must be multiples of
+the coarsest stride (32 for ImageNet backbones). With ``input_padding="pad"`` (default) other sizes
+are zero-padded at the bottom and right to the next multiple, which leaves pixel coordinates as
+they are (detections are clipped to the unpadded image); ``"error"`` raises instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cspnet.detection.blocks import pad_to_multiple
+from cspnet.detection.config import DetectorConfig
+from cspnet.detection.head import YoloHead, decode, postprocess
+from cspnet.detection.necks import EFM, NECK_CLASSES, Neck
+from cspnet.models.backbone import Backbone, FeatureExtractor, FeatureInfo, init_weights
+
+
+def select_levels(info: FeatureInfo, neck: str, backbone: str) -> tuple[list[int], int]:
+    """The backbone levels a neck reads, finest first, and the stride ratio of EFM's extra finer level.
+
+    The three outputs are the deepest level of each of the backbone's three coarsest strides (which
+    must double from one to the next); EFM adds the deepest level of the next finer stride.
+    """
+    deepest: dict[int, int] = {}
+    for i, level in enumerate(info):
+        deepest[int(level["reduction"])] = i
+    strides = sorted(deepest)
+    if len(strides) < 3 or strides[-2] * 2 != strides[-1] or strides[-3] * 2 != strides[-2]:
+        raise ValueError(
+            f"backbone={backbone!r} cannot feed a 3-scale neck: its feature strides are {strides}, "
+            "expected at least three that double (e.g. 8, 16, 32)"
+        )
+    levels = [deepest[s] for s in strides[-3:]]
+    if neck != "efm":
+        return levels, 1
+    if len(strides) < 4:
+        raise ValueError(
+            f"neck='efm' needs a backbone level finer than stride {strides[-3]} (EFM feeds each scale from "
+            f"s-1, s and s+1), but backbone={backbone!r} has strides {strides}; use neck='fpn', 'panet' or 'gfm'"
+        )
+    finer = strides[-4]
+    ratio = strides[-3] // finer
+    if ratio * finer != strides[-3] or ratio & (ratio - 1):
+        raise ValueError(f"backbone={backbone!r}: stride {finer} -> {strides[-3]} is not a power-of-two step")
+    return [deepest[finer], *levels], ratio
+
+
+class Detector(nn.Module):
+    """``backbone`` (a :class:`~cspnet.models.FeatureExtractor`) -> ``neck`` -> ``head``.
+
+    Built through :func:`cspnet.create_model` with a detector name (``cspnet.list_models("*_efm")``).
+
+    >>> import cspnet, torch
+    >>> model = cspnet.create_model("cspdensenet_bc40_efm", num_classes=3).eval()
+    >>> [tuple(o.shape) for o in model(torch.randn(1, 3, 64, 64))]
+    [(1, 24, 16, 16), (1, 24, 8, 8), (1, 24, 4, 4)]
+    >>> sorted(model.detect(torch.randn(1, 3, 64, 64))[0])
+    ['boxes', 'labels', 'scores']
+    """
+
+    def __init__(
+        self,
+        backbone: FeatureExtractor,
+        neck: Neck,
+        head: YoloHead,
+        anchors: tuple[tuple[float, float], ...],
+        strides: list[int],
+        input_padding: str = "pad",
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.head = head
+        self.num_classes = head.num_classes
+        self.strides = list(strides)
+        self.max_stride = max(strides)
+        self.pad_inputs = input_padding == "pad"
+        per_scale = len(anchors) // len(strides)
+        grid = torch.tensor(anchors, dtype=torch.float32).reshape(len(strides), per_scale, 2)
+        # Not in the state dict: anchors are config, not weights.
+        self.register_buffer("anchors", grid, persistent=False)
+        self.name: str = ""
+        self.config: Any = None
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """Raw prediction maps, finest scale first: ``(N, A * (5 + num_classes), H / stride, W / stride)``."""
+        if self.pad_inputs:
+            x = pad_to_multiple(x, self.max_stride)
+        elif x.shape[-2] % self.max_stride or x.shape[-1] % self.max_stride:
+            raise ValueError(
+                "input height and width must be multiples of the detector's stride "
+                + str(self.max_stride)
+                + " (or build it with input_padding='pad'), got "
+                + str(x.shape[-2])
+                + "x"
+                + str(x.shape[-1])
+            )
+        return self.head(self.neck(self.backbone(x)))
+
+    def decode(self, outputs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Raw maps -> ``(boxes (N, K, 4) xyxy input pixels, class scores (N, K, num_classes))``."""
+        return decode(outputs, self.get_buffer("anchors"), self.strides, self.num_classes)
+
+    @torch.no_grad()
+    def detect(
+        self,
+        images: Tensor,
+        conf_threshold: float = 0.25,
+        iou_threshold: float = 0.45,
+        max_detections: int = 300,
+    ) -> list[dict[str, Tensor]]:
+        """Per image: ``boxes`` (M, 4) xyxy in input pixels, ``scores`` (M,), ``labels`` (M,) after
+        class-aware NMS; the model's train/eval mode is left as it is (call ``eval()`` first)."""
+        if not 0.0 <= conf_threshold <= 1.0 or not 0.0 <= iou_threshold <= 1.0:
+            raise ValueError(
+                f"conf_threshold={conf_threshold} and iou_threshold={iou_threshold} must lie in [0, 1]"
+            )
+        boxes, scores = self.decode(self(images))
+        size = [int(images.shape[-2]), int(images.shape[-1])]
+        return postprocess(boxes, scores, size, conf_threshold, iou_threshold, max_detections)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+
+def build_detector(cfg: DetectorConfig, num_classes: int = 80, in_chans: int = 3) -> Detector:
+    """Build the detector ``cfg`` describes, for ``num_classes`` object classes."""
+    from cspnet.models.factory import create_model
+
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes} is invalid: a detector needs at least one class")
+    overrides = dict(cfg.backbone_overrides)
+    if cfg.drop_path_rate > 0:
+        overrides.setdefault("drop_path_rate", cfg.drop_path_rate)
+    full = create_model(cfg.backbone, num_classes=0, in_chans=in_chans, **overrides)
+    assert isinstance(full, Backbone)  # DetectorConfig.check rejects detectors as backbones
+    levels, finer_ratio = select_levels(full.feature_info, cfg.neck, cfg.backbone)
+    backbone = FeatureExtractor(full, levels)
+    in_chs = backbone.feature_info.channels()
+    strides = backbone.feature_info.reduction()[-3:]
+    neck: Neck = EFM(in_chs, cfg, finer_ratio) if cfg.neck == "efm" else NECK_CLASSES[cfg.neck](in_chs, cfg)
+    head = YoloHead(neck.out_chs, num_classes, cfg.anchors_per_scale, act=cfg.act, drop_rate=cfg.drop_rate)
+    init_weights(neck)
+    init_weights(head)
+    _init_prediction_biases(head, strides)
+    return Detector(backbone, neck, head, cfg.anchors, strides, cfg.input_padding)
+
+
+@torch.no_grad()
+def _init_prediction_biases(head: YoloHead, strides: list[int]) -> None:
+    """Start objectness low (about 8 objects per 640x640 image) so early training is not swamped."""
+    for level, stride in zip(head.levels, strides):
+        pred = list(level.children())[-1]
+        assert isinstance(pred, nn.Conv2d) and pred.bias is not None
+        if pred.bias.is_meta:
+            continue
+        bias = pred.bias.view(head.anchors_per_scale, -1)
+        bias[:, 4] = math.log(8 / (640 / stride) ** 2)
