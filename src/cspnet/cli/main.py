@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 # The order in which subcommands appear in ``cspnet --help``.
-COMMANDS = ("models", "profile", "reproduce", "train", "eval", "predict", "demo", "export", "benchmark")
+COMMANDS = ("models", "profile", "reproduce", "train", "eval", "predict", "demo", "export", "benchmark", "detect")
 # Commands that only run inference keep freed memory in the process (``benchmark`` decides per row).
 INFERENCE_COMMANDS = ("eval", "predict", "export")
 

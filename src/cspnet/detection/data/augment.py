@@ -52,8 +52,11 @@ class BoxAugment(nn.Module):
     def forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         n = images.shape[0]
         per_image = [targets[targets[:, 0] == i] for i in range(n)]
-        boxes = [t[:, 2:6] for t in per_image]
+        # kornia moves points in pixel-centre coordinates (pixel i is centred at i); boxes here have
+        # pixel-edge coordinates (pixel i spans i..i+1): shift by half a pixel there and back.
+        boxes = [t[:, 2:6] - 0.5 for t in per_image]
         images, moved = self.geometry(images, boxes)
+        moved = [m + 0.5 for m in moved]
         rows = []
         for i, (rows_i, boxes_i) in enumerate(zip(per_image, moved)):
             clipped, keep = clip_moved_boxes(boxes_i.reshape(-1, 4), (images.shape[-2], images.shape[-1]))

@@ -19,9 +19,12 @@ from cspnet.detection.data import BoxAugment
 from cspnet.detection.loss import YoloLoss
 from cspnet.detection.metrics import coco_metrics
 from cspnet.detection.training.config import DetectionTrainConfig
+from cspnet.detection.training.inference import detections
 from cspnet.training.ema import ModelEma
 from cspnet.training.module import _SEED_STRIDE
 from cspnet.training.schedule import WarmupCosine
+
+EVAL_CANDIDATES = 1000  # the best-scored boxes per image entering NMS at evaluation (of ~1000 x classes)
 
 
 def split_targets(targets: Tensor, batch: int) -> list[dict[str, Tensor]]:
@@ -122,12 +125,9 @@ class DetectorModule(L.LightningModule):
         outputs = model(x)
         loss, _ = self.loss(outputs, targets, (x.shape[-2], x.shape[-1]))
         self.val_loss.update(loss.detach(), weight=images.shape[0])
-        from cspnet.detection.head import postprocess
-
         boxes, scores = self.model.decode(outputs)
-        found = postprocess(boxes, scores, [x.shape[-2], x.shape[-1]], self.cfg.eval_conf, self.cfg.eval_iou,
-                            self.cfg.max_detections)  # fmt: skip
-        self._val_found += [{k: v.detach().float().cpu() if k != "labels" else v.cpu() for k, v in f.items()} for f in found]
+        self._val_found += detections(boxes, scores, (x.shape[-2], x.shape[-1]), self.cfg.eval_conf, self.cfg.eval_iou,
+                                      self.cfg.max_detections, max_candidates=EVAL_CANDIDATES)  # fmt: skip
         self._val_truth += split_targets(targets, images.shape[0])
 
     def on_validation_epoch_end(self) -> None:
