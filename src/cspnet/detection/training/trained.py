@@ -36,7 +36,8 @@ def load_trained_detector(path: str | os.PathLike[str], expected_model: str | No
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path} is not a `cspnet detect train` checkpoint (torch cannot read it: "
+                              f"{type(exc).__name__})") from exc  # fmt: skip
     if not isinstance(ckpt, dict) or ckpt.get("task") != "detection" or "model_name" not in ckpt:
         raise CheckpointError(f"{path} is not a `cspnet detect train` checkpoint")
     name = ckpt["model_name"]
