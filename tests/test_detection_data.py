@@ -89,7 +89,7 @@ def test_letterboxed_boxes_stay_on_their_objects_within_a_pixel(tmp_path):
     for i in range(2):
         image, target = dataset[i]
         white = image.float().mean(0) > 200
-        for label, x1, y1, x2, y2 in target.tolist():
+        for _label, x1, y1, x2, y2 in target.tolist():
             inside = white[round(y1) : round(y2), round(x1) : round(x2)]
             assert inside.float().mean() > 0.9  # the box covers its white object...
             ys, xs = torch.nonzero(white[max(0, round(y1) - 3) : round(y2) + 3, max(0, round(x1) - 3) : round(x2) + 3], as_tuple=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from cspnet.cli.options import add_config_overrides, parse_overrides
 
@@ -55,7 +56,7 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, help=f"held out when the data has no validation split (default {d.val_fraction})")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"per process (default {d.batch_size})")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: adamw 2e-3, sgd 0.01)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: adamw 5e-3, sgd 0.01)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
     p.add_argument("--weight-decay", type=float, help="default: adamw 0.05, sgd 5e-4")
     p.add_argument("--momentum", type=float, help=f"sgd momentum (default {d.momentum})")
@@ -149,7 +150,12 @@ def run_val(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from cspnet.detection.data import DetectionImages, collate_detection, digits_detection_split, read_detection_source
+    from cspnet.detection.data import (
+        DetectionImages,
+        collate_detection,
+        digits_detection_split,
+        read_detection_source,
+    )
     from cspnet.detection.metrics import coco_metrics
     from cspnet.detection.training import load_trained_detector
     from cspnet.detection.training.inference import detections
@@ -157,6 +163,7 @@ def run_val(args: argparse.Namespace) -> int:
 
     _check_thresholds(args.conf, args.iou)
     trained = load_trained_detector(args.checkpoint, ema=args.ema)
+    dataset: Any
     if args.data == "digits":
         dataset = digits_detection_split(trained.img_size)[1]
     else:

@@ -39,7 +39,7 @@ def coco_ground_truth(truth: Sequence[dict[str, Tensor]], class_names: Sequence[
     """A COCO instances dict of ``truth`` (image ids 0..N-1, category ids = class indices)."""
     height, width = image_size or (0, 0)
     images = [{"id": i, "width": width, "height": height} for i in range(len(truth))]
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     for i, t in enumerate(truth):
         for box, label in zip(_xywh(t["boxes"]), t["labels"].tolist()):
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(label), "bbox": box,
@@ -69,7 +69,7 @@ def coco_metrics(truth: Sequence[dict[str, Tensor]], found: Sequence[dict[str, T
                  class_names: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     """COCO bbox metrics of ``found`` against ``truth`` (one dict per image, same order)."""
     import numpy as np
-    from faster_coco_eval import COCO, COCOeval_faster
+    from faster_coco_eval import COCO, COCOeval_faster  # type: ignore[import-untyped]
 
     if len(truth) != len(found):
         raise ValueError(f"{len(truth)} ground-truth images but {len(found)} detection lists")

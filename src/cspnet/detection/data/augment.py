@@ -47,7 +47,7 @@ class BoxAugment(nn.Module):
             ops.append(K.RandomHorizontalFlip(p=hflip))
         if jitter > 0:
             ops.append(K.ColorJitter(jitter, jitter, jitter, 0.0, p=0.8))
-        self.geometry = K.AugmentationSequential(*ops, data_keys=["input", "bbox_xyxy"])
+        self.geometry = K.AugmentationSequential(*ops, data_keys=["input", "bbox_xyxy"])  # type: ignore[arg-type]
 
     def forward(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         n = images.shape[0]
@@ -58,7 +58,7 @@ class BoxAugment(nn.Module):
         images, moved = self.geometry(images, boxes)
         moved = [m + 0.5 for m in moved]
         rows = []
-        for i, (rows_i, boxes_i) in enumerate(zip(per_image, moved)):
+        for _i, (rows_i, boxes_i) in enumerate(zip(per_image, moved)):
             clipped, keep = clip_moved_boxes(boxes_i.reshape(-1, 4), (images.shape[-2], images.shape[-1]))
             rows.append(torch.cat([rows_i[keep, :2], clipped[keep]], dim=1))
         return images.clamp(0, 1), torch.cat(rows) if rows else targets[:0]

@@ -121,7 +121,7 @@ def letterbox_image(image: object, size: int) -> tuple[Tensor, Letterbox]:
 
     assert isinstance(image, Image.Image)
     lb = Letterbox.fit(image.width, image.height, size)
-    resized = image.convert("RGB").resize(lb.resized, Image.BILINEAR)
+    resized = image.convert("RGB").resize(lb.resized, Image.Resampling.BILINEAR)
     canvas = torch.full((3, size, size), LETTERBOX_FILL, dtype=torch.uint8)
     array = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
     canvas[:, lb.pad_y : lb.pad_y + lb.resized[1], lb.pad_x : lb.pad_x + lb.resized[0]] = array

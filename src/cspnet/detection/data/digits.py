@@ -119,7 +119,7 @@ def digits_detection_split(
     size: int = DIGITS_DETECTION_SIZE, train_images: int = DIGITS_DETECTION_TRAIN, val_images: int = DIGITS_DETECTION_VAL
 ) -> tuple[TensorDetection, TensorDetection]:
     """The embedded set: ``train_images`` and ``val_images`` canvases of ``size x size``, ten classes."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
     from cspnet.data.digits import DIGITS_SPLIT_SEED, DIGITS_VAL_FRACTION
     from cspnet.data.folder import _split_indices

@@ -207,7 +207,7 @@ def _yolo_images(root: Path, entry: Any, yaml_path: Path, split: str) -> list[Pa
 
 def read_yolo(path: str | os.PathLike[str], split: str = "train") -> DetectionSource:
     """The ``split`` (``train``/``val``/``test``) of a YOLO ``data.yaml``."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     path = Path(path)
     if not path.is_file():
@@ -246,7 +246,7 @@ def read_yolo(path: str | os.PathLike[str], split: str = "train") -> DetectionSo
 def _read_label_file(path: Path, num_classes: int) -> list[tuple[float, ...]]:
     if not path.is_file():
         return []  # no label file: a background image, as an empty one
-    rows = []
+    rows: list[tuple[float, ...]] = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue

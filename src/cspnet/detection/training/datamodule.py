@@ -56,7 +56,7 @@ def load_detection_datasets(cfg: DetectionTrainConfig) -> tuple[Any, Any]:
 
 
 def _has_split(path: str, split: str) -> bool:
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     with open(path) as f:
         data = yaml.safe_load(f)

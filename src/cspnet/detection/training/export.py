@@ -81,7 +81,7 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
                          conf_threshold: float = 0.25, iou_threshold: float = 0.45, max_per_class: int = 100,
                          opset: int = 18) -> DetectorExport:  # fmt: skip
     """Write the ONNX file, then run it in onnxruntime on a batch of another size and compare with PyTorch."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     from cspnet.export.formats import relative_difference
 

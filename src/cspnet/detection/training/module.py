@@ -148,10 +148,11 @@ class DetectorModule(L.LightningModule):
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for p in self.model.parameters():
             (no_decay if p.ndim <= 1 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         assert cfg.lr is not None
         optimizer: torch.optim.Optimizer
         if cfg.optimizer == "sgd":
@@ -171,7 +172,7 @@ class DetectorModule(L.LightningModule):
         if self.ema is not None:
             checkpoint["ema_state_dict"] = self.ema.state_dict()
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        checkpoint["cspnet_position"] = {"epoch": self.current_epoch, "batches": progress.processed}
+        checkpoint["cspnet_position"] = {"epoch": self.current_epoch, "batches": progress.processed}  # type: ignore[attr-defined]
         checkpoint["cspnet_train_loss"] = {"mean_value": self.train_loss.mean_value.detach().cpu(),
                                            "weight": self.train_loss.weight.detach().cpu()}  # fmt: skip
         checkpoint["cspnet_coco"] = self.coco
