@@ -112,3 +112,12 @@ def test_giou_and_ciou_of_known_boxes():
     assert float(generalized_iou(a, b)) == pytest.approx(1 / 3, abs=1e-5)  # hull = union here
     # CIoU: IoU 1/3 minus centre distance 1 over diagonal^2 (9 + 4 = 13); same aspect, no v term
     assert float(generalized_iou(a, b, "ciou")) == pytest.approx(1 / 3 - 1 / 13, abs=1e-5)
+
+
+def test_an_anchor_threshold_adds_the_anchors_that_fit_well_enough():
+    # a 10 x 6 box: IoU 0.6 with 6x6... anchor 0 (6x6): 36/60 = 0.6; anchor 1 (12x6): 60/72 = 0.83 (the best)
+    targets = torch.tensor([[0, 1, 15.0, 26.0, 25.0, 32.0]])
+    assert YoloLoss(ANCHORS, STRIDES, C).assign(targets, [(8, 8), (4, 4)]).anchor.tolist() == [1]
+    found = YoloLoss(ANCHORS, STRIDES, C, anchor_threshold=0.5).assign(targets, [(8, 8), (4, 4)])
+    assert sorted(found.anchor.tolist()) == [0, 1] and found.labels.tolist() == [1, 1]
+    assert sorted(YoloLoss(ANCHORS, STRIDES, C, anchor_threshold=0.7).assign(targets, [(8, 8), (4, 4)]).anchor.tolist()) == [1]

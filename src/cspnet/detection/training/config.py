@@ -67,6 +67,8 @@ class DetectionTrainConfig:
     seed: int = bounded(0, 0, integer=True)
     box_loss: str = one_of("offsets", BOX_LOSSES)
     ignore_threshold: float = bounded(0.5, 0.0, 1.0)
+    # YOLOv4's iou_thresh: also train every anchor whose shape IoU with a box exceeds this (None: YOLOv3)
+    anchor_threshold: float | None = bounded(None, 0.0, 1.0, optional=True)
     hflip: float | None = bounded(None, 0.0, 1.0, optional=True)  # digits: 0 (a mirrored digit is no digit), else 0.5
     scale_min: float = bounded(0.7, 0.0, low_open=True)  # random affine zoom range
     scale_max: float = bounded(1.3, 0.0, low_open=True)

@@ -54,7 +54,8 @@ class DetectorModule(L.LightningModule):
         if not isinstance(model, Detector):
             raise ValueError(f"--model {model_name} is not a detector (see `cspnet models --task detection`)")
         self.model = model
-        self.loss = YoloLoss(model.get_buffer("anchors"), model.strides, num_classes, cfg.box_loss, cfg.ignore_threshold)
+        self.loss = YoloLoss(model.get_buffer("anchors"), model.strides, num_classes, cfg.box_loss, cfg.ignore_threshold,
+                             anchor_threshold=cfg.anchor_threshold)
         hflip = cfg.hflip or 0.0
         self.augment = BoxAugment((cfg.scale_min, cfg.scale_max), cfg.translate, hflip, cfg.jitter) if cfg.augment else None
         self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema else None
