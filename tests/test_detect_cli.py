@@ -121,3 +121,20 @@ def test_bad_input_is_a_one_line_error(trained, tmp_path, capsys):
 def test_detect_without_an_action_prints_help():
     done = subprocess.run([sys.executable, "-m", "cspnet.cli.main", "detect"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "train" in done.stdout and "export" in done.stdout
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_evaluates_every_image_once(tmp_path):
+    """``--devices 2`` (gloo): each process validates its share; COCO sees all of them, each once."""
+    import os
+
+    data = make_shapes(tmp_path / "shapes", 7)  # odd: the shares differ in size
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "cspnet.cli.main", "detect", "train", "--data", str(data), "--set",
+           "neck_widths=(16, 32, 64)", "--img-size", "64", "--epochs", "1", "--batch-size", "2", "--devices", "2",
+           "--accelerator", "cpu", "--output", str(tmp_path / "ddp")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["val_images"] == 7
+    assert 0.0 <= metrics["map50"] <= 1.0

@@ -66,7 +66,7 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--ignore-threshold", type=float, help=f"YOLOv3's objectness ignore IoU (default {d.ignore_threshold})")
     p.add_argument("--anchor-threshold", type=float,
                    help="also train every anchor whose shape IoU with a box exceeds this (YOLOv4's iou_thresh; default: "
-                   "off, YOLOv3's best anchor only)")
+                   "0.25 for digits, else 1 = YOLOv3's best anchor only)")
     p.add_argument("--hflip", type=float, help="flip probability (default: 0 for digits, else 0.5)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random affine, flip and colour jitter with the boxes (default on)")

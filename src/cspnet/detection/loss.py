@@ -3,7 +3,7 @@
 Assignment (YOLOv3, darknet's ``forward_yolo_layer``): each ground-truth box goes to the one anchor,
 over all scales, whose shape fits it best (IoU of the two boxes centred on each other), at the cell
 of that scale holding its centre. That prediction learns the box, objectness 1 and its class. With ``anchor_threshold`` (YOLOv4's
-``iou_thresh``; off by default) every other anchor whose shape IoU with the box exceeds it is a
+``iou_thresh``; off by default and at 1) every other anchor whose shape IoU with the box exceeds it is a
 positive too, at its own scale's cell: more positives per step, faster learning on small data. Every
 other prediction learns objectness 0, except those whose decoded box already overlaps some
 ground-truth box of its image by more than ``ignore_threshold`` IoU: they are left alone (not
@@ -122,7 +122,7 @@ class YoloLoss(nn.Module):
         fit = shape_iou(wh, anchors.reshape(-1, 2))
         chosen = torch.zeros_like(fit, dtype=torch.bool)
         chosen[torch.arange(len(fit), device=fit.device), fit.argmax(1)] = True
-        if self.anchor_threshold is not None:  # YOLOv4's iou_thresh: every anchor that fits well enough
+        if self.anchor_threshold is not None and self.anchor_threshold < 1:  # YOLOv4's iou_thresh
             chosen |= fit > self.anchor_threshold
         box_index, best = torch.nonzero(chosen, as_tuple=True)
         boxes, wh, targets = boxes[box_index], wh[box_index], targets[box_index]

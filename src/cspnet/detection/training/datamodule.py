@@ -87,6 +87,9 @@ class DetectionDataModule(L.LightningDataModule):
         position = getattr(trainer.lightning_module, "resume_position", None)
         if position:
             sampler.skip(position["epoch"], position["batches"] * batching.batch_size)
+            # A run resumed mid-epoch may draw its first iterator before Lightning's set_epoch: give the
+            # sampler the epoch now, or it would serve epoch 0's order without the skip.
+            sampler.set_epoch(position["epoch"])
         return self._loader(self.train_set, sampler, batching.batch_size, batching.drop_last)
 
     def val_dataloader(self) -> DataLoader:

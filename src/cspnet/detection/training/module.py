@@ -138,7 +138,7 @@ class DetectorModule(L.LightningModule):
             torch.distributed.all_gather_object(gathered, (truth, found))
             truth = [t for part in gathered for t in part[0]]
             found = [f for part in gathered for f in part[1]]
-        self.coco = coco_metrics(truth, found, list(self.hparams["class_names"]))
+        self.coco = {**coco_metrics(truth, found, list(self.hparams["class_names"])), "images": len(truth)}
         for name in ("map", "map50", "map75", "mar100"):
             value = self.coco[name]
             self.log(f"val/{name}", float("nan") if value is None else value, prog_bar=name in ("map", "map50"))

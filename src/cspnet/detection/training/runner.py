@@ -121,6 +121,7 @@ def detection_metrics(cfg: DetectionTrainConfig, module: Any, run: RunCallbacks,
         **{name: coco.get(name) for name in ("map", "map50", "map75", "map_small", "map_medium", "map_large",
                                              "mar1", "mar10", "mar100")},  # fmt: skip
         "per_class_ap": coco.get("per_class", {}),
+        "val_images": coco.get("images"),  # every process's share, gathered
         "loss": _rounded(last.get("loss"), 6),
         "best_map": _rounded(run.checkpoints.best, 6),
         "epochs": cfg.epochs,
