@@ -224,6 +224,8 @@ def _image_files(items: list[str]) -> list[Path]:
 
 def draw_detections(image: object, boxes: list[list[float]], labels: list[str], scores: list[float]) -> object:
     """A copy of the PIL ``image`` with each box drawn and labelled ``name score``."""
+    import zlib
+
     from PIL import Image, ImageDraw
 
     assert isinstance(image, Image.Image)
@@ -233,7 +235,7 @@ def draw_detections(image: object, boxes: list[list[float]], labels: list[str], 
                (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]  # fmt: skip
     width = max(1, round(max(out.size) / 300))
     for box, name, score in zip(boxes, labels, scores):
-        colour = palette[hash(name) % len(palette)]
+        colour = palette[zlib.crc32(name.encode()) % len(palette)]  # the same colour per class in every run
         draw.rectangle(box, outline=colour, width=width)
         text = f"{name} {score:.2f}"
         left, top, right, bottom = draw.textbbox((box[0], box[1]), text)
