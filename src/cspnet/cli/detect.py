@@ -56,7 +56,7 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, help=f"held out when the data has no validation split (default {d.val_fraction})")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"per process (default {d.batch_size})")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: adamw 5e-3, sgd 0.01)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: adamw 1e-2 for digits, else 2e-3; sgd 0.01)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
     p.add_argument("--weight-decay", type=float, help="default: adamw 0.05, sgd 5e-4")
     p.add_argument("--momentum", type=float, help=f"sgd momentum (default {d.momentum})")
