@@ -31,6 +31,7 @@ COMMANDS = {
     "demo": "train a CSPDenseNet and its DenseNet twin on the digits, compare them",
     "export": "export a model to ONNX or TorchScript (checked against PyTorch)",
     "benchmark": "inference / training throughput, latency and peak memory",
+    "detect": "train, evaluate, predict with and export object detectors",
 }
 # Commands that only run inference keep freed memory in the process (``benchmark`` decides per row).
 INFERENCE_COMMANDS = ("eval", "predict", "export")

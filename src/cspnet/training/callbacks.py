@@ -51,7 +51,7 @@ class AtomicCheckpointIO(CheckpointIO):
 
 class RunCheckpoints(L.Callback):
     """``last.ckpt`` every ``every_n_steps`` optimizer steps and after each validation; ``best.ckpt``
-    when ``val/top1`` improves. Both go through the trainer, hence through :class:`AtomicCheckpointIO`.
+    when ``val/<monitor>`` (default ``val/top1``) improves. Both go through the trainer, hence through :class:`AtomicCheckpointIO`.
 
     No mid-epoch checkpoint is written on an epoch's last batch: the epoch-end one follows after
     validation, and a checkpoint between the two (training done, validation not) is the one point
@@ -62,8 +62,9 @@ class RunCheckpoints(L.Callback):
     resumed run that has nothing left to train still reports them.
     """
 
-    def __init__(self, folder: Path, every_n_steps: int = 0) -> None:
+    def __init__(self, folder: Path, every_n_steps: int = 0, monitor: str = "top1") -> None:
         self.folder, self.every_n_steps = Path(folder), every_n_steps
+        self.monitor = monitor  # the validation metric (without "val/") whose best value best.ckpt holds
         self.best = -math.inf
         self.last_metrics: dict[str, float] = {}
 
@@ -78,9 +79,9 @@ class RunCheckpoints(L.Callback):
             return
         m = trainer.callback_metrics
         self.last_metrics = {k.removeprefix("val/"): float(v) for k, v in m.items() if k.startswith("val/")}
-        top1 = self.last_metrics.get("top1", -math.inf)
-        if top1 > self.best:
-            self.best = top1
+        value = self.last_metrics.get(self.monitor, -math.inf)
+        if value > self.best:
+            self.best = value
             trainer.save_checkpoint(self.folder / "best.ckpt", weights_only=False)
         trainer.save_checkpoint(self.folder / "last.ckpt", weights_only=False)
 

@@ -30,10 +30,10 @@ def read_history(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def write_history(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` as ``history.csv``, replacing the file atomically."""
+def write_history(path: str | Path, rows: list[dict[str, Any]], fields: tuple[str, ...] = HISTORY_FIELDS) -> None:
+    """Write ``rows`` as ``history.csv`` with columns ``fields``, replacing the file atomically."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(path, text.getvalue().encode())
@@ -54,6 +54,8 @@ class History(L.Callback):
     the epoch-end checkpoint must already hold this epoch's row.
     """
 
+    VAL_METRICS: tuple[str, ...] = ("loss", "top1", "top5")  # logged as val/<name>, columns val_<name>
+
     def __init__(self, path: Path, verbose: bool = True) -> None:
         self.path, self.verbose = Path(path), verbose
         self.rows: list[dict[str, Any]] = []
@@ -65,33 +67,34 @@ class History(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:  # a resumed run: the file is what the checkpoint says
-            write_history(self.path, self.rows)
+            write_history(self.path, self.rows, self.fields)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         m = trainer.callback_metrics
-        epoch = trainer.current_epoch + 1
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": _num(m.get("train/loss")),
-            "val_loss": _num(m.get("val/loss")),
-            "val_top1": _num(m.get("val/top1")),
-            "val_top5": _num(m.get("val/top5")),
-            "lr": _num(m.get("lr")),
-            "elapsed_s": round(self.elapsed(), 1),
-        }
-        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch] + [row]
+        row: dict[str, Any] = {"epoch": trainer.current_epoch + 1, "train_loss": _num(m.get("train/loss"))}
+        row.update({f"val_{name}": _num(m.get(f"val/{name}")) for name in self.VAL_METRICS})
+        row.update({"lr": _num(m.get("lr")), "elapsed_s": round(self.elapsed(), 1)})
+        self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
         if not trainer.is_global_zero:
             return
-        write_history(self.path, self.rows)
+        write_history(self.path, self.rows, self.fields)
         if self.verbose:
-            print(
-                f"epoch {row['epoch']}/{trainer.max_epochs}: train loss {_fmt(row['train_loss'], '.4f')}  "
-                f"val loss {_fmt(row['val_loss'], '.4f')}  top1 {_fmt(row['val_top1'], '.2f')}%  "
-                f"top5 {_fmt(row['val_top5'], '.2f')}%  ({row['elapsed_s']:.0f}s)",
-                flush=True,
-            )
+            print(self.summary(row, trainer.max_epochs), flush=True)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The columns of ``history.csv``."""
+        return ("epoch", "train_loss", *(f"val_{name}" for name in self.VAL_METRICS), "lr", "elapsed_s")
+
+    def summary(self, row: dict[str, Any], max_epochs: int | None) -> str:
+        """The line printed after each epoch."""
+        return (
+            f"epoch {row['epoch']}/{max_epochs}: train loss {_fmt(row['train_loss'], '.4f')}  "
+            f"val loss {_fmt(row['val_loss'], '.4f')}  top1 {_fmt(row['val_top1'], '.2f')}%  "
+            f"top5 {_fmt(row['val_top5'], '.2f')}%  ({row['elapsed_s']:.0f}s)"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"elapsed": self.elapsed(), "rows": self.rows}

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -164,7 +164,20 @@ class Layout:
         return self.devices * self.num_nodes
 
 
-def distributed_layout(cfg: TrainConfig) -> Layout:
+class TrainerSettings(Protocol):
+    """What :func:`distributed_layout` and :func:`build_trainer` read of a run's config (the
+    classification and the detection configs both have these fields)."""
+
+    accelerator: str
+    precision: str
+    epochs: int
+    devices: int | None
+    num_nodes: int | None
+    checkpoint_every: int
+    limit_train_batches: int | None
+
+
+def distributed_layout(cfg: TrainerSettings) -> Layout:
     """Processes per node and nodes: the flags, else what torchrun says, else one process."""
     devices, nodes = 1, 1
     if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
@@ -180,15 +193,17 @@ class RunCallbacks:
     checkpoints: Any  # cspnet.training.callbacks.RunCheckpoints
 
 
-def build_trainer(cfg: TrainConfig, out: Path, layout: Layout, extra_callbacks: Sequence[Any], verbose: bool
-                  ) -> tuple[Any, RunCallbacks]:  # fmt: skip
+def build_trainer(cfg: TrainerSettings, out: Path, layout: Layout, extra_callbacks: Sequence[Any], verbose: bool,
+                  run: RunCallbacks | None = None) -> tuple[Any, RunCallbacks]:  # fmt: skip
+    """The trainer; ``run`` replaces the classifier's history and checkpoint callbacks (detection's)."""
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from cspnet.training.callbacks import AtomicCheckpointIO, EpochProgressBar, RunCheckpoints
     from cspnet.training.history import History
 
-    run = RunCallbacks(History(out / "history.csv", verbose=verbose), RunCheckpoints(out, cfg.checkpoint_every))
+    if run is None:
+        run = RunCallbacks(History(out / "history.csv", verbose=verbose), RunCheckpoints(out, cfg.checkpoint_every))
     accelerator: str = cfg.accelerator
     strategy: Any = "auto"
     if layout.world > 1:
