@@ -274,3 +274,18 @@ def test_which_backbone_levels_reach_which_outputs(neck: str, reach: dict) -> No
         for level, expected in reach.items():
             bumped = [f + (1.0 if i == level else 0.0) for i, f in enumerate(features)]
             assert [not torch.allclose(a, b) for a, b in zip(model.neck(bumped), base)] == expected, level
+
+
+def test_concat_maxout_traces_to_the_same_result() -> None:
+    """The in-place path writes through slice views, which tracing (and so ONNX export) does not record."""
+    from cspnet.detection.blocks import Maxout, concat_maxout
+
+    class Fuse(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return concat_maxout([a, b], 4)
+
+    a, b = torch.randn(2, 8, 3, 3), torch.randn(2, 4, 3, 3)
+    with torch.no_grad():
+        traced = torch.jit.trace(Fuse(), (a, b))
+        a2, b2 = torch.randn(2, 8, 3, 3), torch.randn(2, 4, 3, 3)
+        assert torch.equal(traced(a2, b2), Maxout(4)(torch.cat([a2, b2], 1)))

@@ -75,7 +75,8 @@ def concat_maxout(parts: list[Tensor], out_chs: int) -> Tensor:
     (``K = out_chs``), which lie in one part or straddle two. Without autograd, the first group is
     copied into the output and every later one folded into it in place, channel range by channel
     range: the only new memory is the ``K``-channel output, a ``k``-th of the concatenation that
-    ``Maxout`` would read. With autograd every step is kept for the backward pass instead.
+    ``Maxout`` would read. With autograd, or while being traced for export, every step is a new
+    tensor instead.
 
     >>> a, b = torch.randn(1, 6, 2, 2), torch.randn(1, 2, 2, 2)
     >>> torch.equal(concat_maxout([a, b], 4), Maxout(4)(torch.cat([a, b], 1)))
@@ -86,7 +87,9 @@ def concat_maxout(parts: list[Tensor], out_chs: int) -> Tensor:
         total += part.shape[1]
     if total % out_chs:
         raise ValueError(f"Maxout to {out_chs} channels needs a multiple of {out_chs}, got {total}")
-    in_place = not any(part.requires_grad for part in parts)
+    # Not while tracing (jit.trace and the TorchScript-based ONNX export trace the model): a write
+    # through a slice view with out= is not recorded, and the file would keep only the first group.
+    in_place = not torch.jit.is_tracing() and not any(part.requires_grad for part in parts)
     result = torch.empty(0)
     for group in range(total // out_chs):
         low, high = group * out_chs, (group + 1) * out_chs
