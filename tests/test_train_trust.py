@@ -270,3 +270,16 @@ def test_bf16_training_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         _warn_if_bf16_is_emulated(TrainConfig(precision="bf16-mixed", accelerator="cpu"))
     assert not caplog.text
+
+
+@pytest.mark.parametrize(("given", "stored"), [("fp32", "fp32"), ("32", "fp32"), ("32-true", "fp32"),
+                                               ("bf16-mixed", "bf16"), ("bf16", "bf16"), ("16-mixed", "fp16")])
+def test_one_precision_vocabulary_with_lightning_aliases(given, stored):
+    from cspnet.training.runner import restore_run_config
+
+    config = TrainConfig(precision=given)
+    assert config.precision == stored
+    config.validate()
+    # An alias of the run's own precision is not a contradiction on --resume.
+    restored = restore_run_config(TrainConfig(precision=given, resume=True), TrainConfig(precision=stored), {"precision"})
+    assert restored.precision == stored

@@ -26,7 +26,9 @@ from cspnet.cli.options import add_config_overrides, parse_overrides
 
 # The choices of the command line; cspnet.profiling.measure validates the same tuples (a test checks
 # they agree). Kept here so that `cspnet --help` does not import the measurement engine.
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+from cspnet.precision import PRECISIONS  # noqa: E402
+from cspnet.reports.tables import markdown_table as markdown_table_lines
+
 MODES = ("inference", "train")
 _MEASURE_NAMES = ("BenchSpec", "PeakMemory", "measure", "measure_isolated")
 
@@ -74,13 +76,18 @@ def describe_setup(result: dict[str, Any]) -> str:
     return ", ".join(parts) or "eager"
 
 
+def _cells(result: dict[str, Any]) -> list[str]:
+    row = {"backend": "torch", **result, "setup": describe_setup(result)}
+    return [fmt.format(**row) for _, fmt in COLUMNS]
+
+
 def table_header() -> list[str]:
-    return ["| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    """The Markdown header lines (the table is printed a row at a time, as each is measured)."""
+    return markdown_table_lines([c for c, _ in COLUMNS], [])
 
 
 def table_row(result: dict[str, Any]) -> str:
-    row = {"backend": "torch", **result, "setup": describe_setup(result)}
-    return "| " + " | ".join(fmt.format(**row) for _, fmt in COLUMNS) + " |"
+    return markdown_table_lines([c for c, _ in COLUMNS], [_cells(result)])[-1]
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:

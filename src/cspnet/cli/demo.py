@@ -69,15 +69,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A fixed-width table; the last columns compare each model with the first one."""
-    header = f"{'model':<20} {'params':>10} {'MMACs':>8} {'top-1 %':>8} {'train s':>8}  vs first"
-    lines = [header, "-" * len(header)]
+    """The models side by side; the last column compares each model with the first one."""
+    from cspnet.reports.tables import aligned_table
+
     base = rows[0]
+    cells = []
     for r in rows:
         rel = "" if r is base else (f"params {100 * (r['params'] / base['params'] - 1):+.0f}%, "
                                     f"MACs {100 * (r['macs'] / base['macs'] - 1):+.0f}%, "
                                     f"top-1 {r['top1'] - base['top1']:+.2f}")  # fmt: skip
-        lines.append(f"{r['model']:<20} {r['params']:>10,} {r['macs'] / 1e6:>8.1f} {r['top1']:>8.2f} "
-                     f"{r['time']:>8.0f}  {rel}")  # fmt: skip
+        cells.append([r["model"], f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}", f"{r['top1']:.2f}", f"{r['time']:.0f}", rel])
+    lines = aligned_table(["model", "params", "MMACs", "top-1 %", "train s", "vs first"], cells)
     lines.append(f"(digits held-out split, {rows[0]['img']}x{rows[0]['img']} inputs, same recipe and seed)")
     return "\n".join(lines)

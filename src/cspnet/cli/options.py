@@ -77,7 +77,7 @@ def resolve_crop_pct(flag: float | None, train_config: dict[str, Any], data: str
     return check_crop_pct(flag) if flag is not None else run_crop_pct(train_config, data)
 
 
-INFERENCE_PRECISIONS = ("fp32", "bf16")
+from cspnet.precision import EAGER_INFERENCE_PRECISIONS as INFERENCE_PRECISIONS  # noqa: E402
 
 
 def add_inference_precision(parser: argparse.ArgumentParser) -> None:

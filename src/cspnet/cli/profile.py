@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 from typing import Any
 
 from cspnet.cli.options import add_config_overrides, parse_overrides
+from cspnet.reports.tables import aligned_table
 
 # (label, attribute, scale, format) of the totals printed in tables and comparisons.
 METRICS: tuple[tuple[str, str, float, str], ...] = (
@@ -82,7 +82,7 @@ def format_profile(p: Any, *, layers: bool = False) -> str:
         )
         for g in p.groups
     ]
-    lines += ["", *_table(header, rows)]
+    lines += ["", *aligned_table(header, rows)]
     if layers:
         layer_rows = [
             (
@@ -94,7 +94,7 @@ def format_profile(p: Any, *, layers: bool = False) -> str:
             )
             for lc in p.layers
         ]
-        lines += ["", *_table(("layer", "kind", "output", "MMACs", "CIO (K)"), layer_rows)]
+        lines += ["", *aligned_table(("layer", "kind", "output", "MMACs", "CIO (K)"), layer_rows)]
     return "\n".join(lines)
 
 
@@ -110,16 +110,7 @@ def format_comparison(profiles: list[Any]) -> str:
             diff = f" ({100 * (_value(p, attr) - ref) / ref:+.1f}%)" if ref else ""
             cells.append(fmt.format(_value(p, attr) / scale) + diff)
         rows.append((label, *cells))
-    return "\n".join(_table(header, rows))
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(r: tuple[str, ...]) -> str:
-        return "  ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths)))
-
-    return [line(header), line(tuple("-" * w for w in widths)), *(line(r) for r in rows)]
+    return "\n".join(aligned_table(header, rows))
 
 
 def _check_img_size(img_size: int, names: list[str], overrides: dict[str, Any]) -> None:

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from cspnet.fields import bounded, check_fields, one_of
+from cspnet.precision import LIGHTNING_ALIASES, TRAINING_PRECISIONS, canonical
 
-# Lightning's names; "32" is the default full precision. "64" is not offered: kornia's augmentation
-# and the models' norms are float32-only, so a double run fails in its first step.
-PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
+# The project's names (cspnet.precision), then Lightning's, accepted as aliases and stored as the
+# short names. "64" is not offered: kornia's augmentation is float32-only, so a double run fails in
+# its first step.
+PRECISIONS = (*TRAINING_PRECISIONS, *LIGHTNING_ALIASES)
 OPTIMIZERS = ("sgd", "adamw")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # CSPDenseNet-BC-40: 1,438 8x8 digits do not need DenseNet-BC-100's depth, which trains ~3x slower on a CPU.
@@ -53,7 +55,7 @@ class TrainConfig:
     min_lr_ratio: float = bounded(0.01, 0.0, 1.0)
     img_size: int | None = bounded(None, 1, MAX_IMG_SIZE, optional=True, integer=True)  # digits: 16, else the model's
     crop_pct: float | None = bounded(None, 0.0, 1.0, low_open=True, optional=True)  # digits: 1.0, folders: 0.875
-    precision: str = one_of("32", PRECISIONS)
+    precision: str = one_of("fp32", TRAINING_PRECISIONS)  # aliases: Lightning's names (see __post_init__)
     accelerator: str = one_of("auto", ACCELERATORS)
     devices: int | None = bounded(None, 1, integer=True, optional=True)  # None: 1, or torchrun's local world
     num_nodes: int | None = bounded(None, 1, integer=True, optional=True)
@@ -75,6 +77,9 @@ class TrainConfig:
     workers: int | None = bounded(None, 0, integer=True, optional=True)  # digits: 0 (in memory), else min(4, cpus)
     checkpoint_every: int = bounded(50, 0, integer=True)  # steps between mid-epoch saves (0: epoch ends only)
     limit_train_batches: int | None = bounded(None, 1, integer=True, optional=True)  # debugging: batches per epoch
+
+    def __post_init__(self) -> None:
+        self.precision = canonical(self.precision)  # "bf16-mixed" -> "bf16": one name per precision
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line message for an impossible setting."""

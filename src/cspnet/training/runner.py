@@ -148,9 +148,9 @@ def _warn_if_bf16_is_emulated(cfg: TrainConfig) -> None:
     from cspnet.inference.cpu import has_native_bf16
 
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
-    if cfg.precision == "bf16-mixed" and on_cpu and has_native_bf16() is False:
-        log.warning("--precision bf16-mixed: this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag); "
-                    "it is emulated and much slower than --precision 32 here")  # fmt: skip
+    if cfg.precision == "bf16" and on_cpu and has_native_bf16() is False:
+        log.warning("--precision bf16: this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag); "
+                    "it is emulated and much slower than --precision fp32 here")  # fmt: skip
 
 
 # -- 2. processes and machines ---------------------------------------------------------------------
@@ -199,6 +199,7 @@ def build_trainer(cfg: TrainerSettings, out: Path, layout: Layout, extra_callbac
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from cspnet.precision import lightning_precision
     from cspnet.training.callbacks import AtomicCheckpointIO, EpochProgressBar, RunCheckpoints
     from cspnet.training.history import History
 
@@ -218,7 +219,7 @@ def build_trainer(cfg: TrainerSettings, out: Path, layout: Layout, extra_callbac
         devices=layout.devices,
         num_nodes=layout.num_nodes,
         strategy=strategy,
-        precision=cfg.precision if cfg.precision != "32" else "32-true",  # type: ignore[arg-type]
+        precision=lightning_precision(cfg.precision),  # type: ignore[arg-type]
         max_epochs=cfg.epochs,
         limit_train_batches=cfg.limit_train_batches,
         logger=TensorBoardLogger(str(out), name="tensorboard", version=""),

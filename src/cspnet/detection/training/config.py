@@ -21,11 +21,11 @@ from typing import Any
 
 from cspnet.detection.loss import BOX_LOSSES
 from cspnet.fields import bounded, check_fields, one_of
+from cspnet.precision import TRAINING_PRECISIONS, canonical
 from cspnet.training.config import (
     ACCELERATORS,
     MAX_IMG_SIZE,
     OPTIMIZERS,
-    PRECISIONS,
     RESUME_MAY_CHANGE,
     _flag,
 )
@@ -55,7 +55,7 @@ class DetectionTrainConfig:
     warmup_epochs: float = bounded(1.0, 0.0)
     min_lr_ratio: float = bounded(0.05, 0.0, 1.0)
     img_size: int | None = bounded(None, 1, MAX_IMG_SIZE, optional=True, integer=True)  # digits: 64, else the model's
-    precision: str = one_of("32", PRECISIONS)
+    precision: str = one_of("fp32", TRAINING_PRECISIONS)  # aliases: Lightning's names (see __post_init__)
     accelerator: str = one_of("auto", ACCELERATORS)
     devices: int | None = bounded(None, 1, integer=True, optional=True)
     num_nodes: int | None = bounded(None, 1, integer=True, optional=True)
@@ -83,6 +83,9 @@ class DetectionTrainConfig:
     eval_conf: float = bounded(0.001, 0.0, 1.0)
     eval_iou: float = bounded(0.6, 0.0, 1.0)
     max_detections: int = bounded(100, 1, integer=True)
+
+    def __post_init__(self) -> None:
+        self.precision = canonical(self.precision)  # Lightning's names -> the short ones
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a one-line message for an impossible setting."""
