@@ -1,16 +1,15 @@
 """The LightningModule of a detection run: a registered detector, YOLOv3's loss, COCO metrics, EMA.
 
-It mirrors :class:`cspnet.training.module.ClassifierModule`: the same optimizers, warm-up + cosine
-schedule, EMA, per-step seeding (a resumed run draws the same augmentation) and the same
-checkpoint contents (the data position, the running training loss), so exact resume works alike.
+It shares :class:`cspnet.training.resumable.ResumableModule` with the classifier: the same
+optimizers, warm-up + cosine schedule, EMA, per-step seeding (a resumed run draws the same
+augmentation) and the same checkpoint contents (the data position, the running training loss), so
+exact resume is the same code.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import lightning as L
 import torch
 import torchmetrics
 from torch import Tensor
@@ -18,11 +17,10 @@ from torch import Tensor
 from cspnet.detection.data import BoxAugment
 from cspnet.detection.loss import YoloLoss
 from cspnet.detection.metrics import coco_metrics
+from cspnet.detection.model import Detector
 from cspnet.detection.training.config import DetectionTrainConfig
 from cspnet.detection.training.inference import detections
-from cspnet.training.ema import ModelEma
-from cspnet.training.module import _SEED_STRIDE
-from cspnet.training.schedule import WarmupCosine
+from cspnet.training.resumable import ResumableModule
 
 EVAL_CANDIDATES = 1000  # the best-scored boxes per image entering NMS at evaluation (of ~1000 x classes)
 
@@ -34,19 +32,20 @@ def split_targets(targets: Tensor, batch: int) -> list[dict[str, Tensor]]:
             for i in range(batch)]  # fmt: skip
 
 
-class DetectorModule(L.LightningModule):
+class DetectorModule(ResumableModule):
     """Trains ``cspnet.create_model(model, num_classes, **model_overrides)`` (a detector) on box batches.
 
     Hyper-parameters saved in every checkpoint: ``model_name``, ``model_overrides``, ``num_classes``,
     ``class_names``, ``img_size`` and the resolved ``train_config``.
     """
 
+    model: Detector
+
     def __init__(self, model_name: str, model_overrides: dict[str, Any], num_classes: int, class_names: list[str],
                  img_size: int, train_config: dict[str, Any], steps_per_epoch: int) -> None:  # fmt: skip
         super().__init__()
         self.save_hyperparameters()
         from cspnet import create_model
-        from cspnet.detection.model import Detector
 
         cfg = DetectionTrainConfig.from_dict(train_config)
         self.cfg = cfg
@@ -58,44 +57,14 @@ class DetectorModule(L.LightningModule):
                              anchor_threshold=cfg.anchor_threshold)
         hflip = cfg.hflip or 0.0
         self.augment = BoxAugment((cfg.scale_min, cfg.scale_max), cfg.translate, hflip, cfg.jitter) if cfg.augment else None
-        self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema else None
         self.steps_per_epoch = steps_per_epoch
-        self.train_loss = torchmetrics.MeanMetric()
+        self.init_training_state()
         self.val_loss = torchmetrics.MeanMetric()
         self._val_truth: list[dict[str, Tensor]] = []
         self._val_found: list[dict[str, Tensor]] = []
         self.coco: dict[str, Any] = {}  # the last validation's full COCO metrics (per-class AP included)
 
-    def inference_model(self) -> torch.nn.Module:
-        """The weights to evaluate and ship: the EMA when enabled, else the trained model."""
-        return self.ema.module if self.ema is not None else self.model
-
-    def load_pretrained(self, path: str) -> None:
-        """Start from the weights in ``path``; a head for other classes stays freshly initialised."""
-        import logging
-
-        from cspnet.convert.checkpoint import load_checkpoint
-
-        for note in load_checkpoint(self.model, path):
-            logging.getLogger(__name__).info("--pretrained %s: %s", path, note)
-        if self.ema is not None:
-            self.ema = ModelEma(self.model, self.cfg.ema_decay)
-
     # -- training ----------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        if self.ema is not None:
-            self.ema.module.to(self.device)
-
-    def on_train_start(self) -> None:
-        for config in self.trainer.lr_scheduler_configs:
-            for schedule in getattr(config.scheduler, "lr_lambdas", []):
-                if isinstance(schedule, WarmupCosine):
-                    schedule.warmup_steps, schedule.total_steps = self._schedule_steps()
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        seed = self.cfg.seed * _SEED_STRIDE + self.global_step * self.trainer.world_size + self.global_rank
-        torch.manual_seed(seed)
-
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
         x = images.float() / 255.0
@@ -108,15 +77,6 @@ class DetectorModule(L.LightningModule):
             self.log(f"train/{name}_loss", value)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         return loss
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:  # here, so the step's periodic checkpoint holds this step's EMA
-            self.ema.update(self.model)
-
-    def on_train_epoch_end(self) -> None:
-        self.log("train/epoch_loss", self.train_loss.compute(), sync_dist=True)
-        self.train_loss.reset()
 
     # -- validation --------------------------------------------------------------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -146,48 +106,12 @@ class DetectorModule(L.LightningModule):
         self.val_loss.reset()
         self._val_truth, self._val_found = [], []
 
-    # -- optimisation ------------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        cfg = self.cfg
-        decay: list[torch.nn.Parameter] = []
-        no_decay: list[torch.nn.Parameter] = []
-        for p in self.model.parameters():
-            (no_decay if p.ndim <= 1 else decay).append(p)
-        groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        assert cfg.lr is not None
-        optimizer: torch.optim.Optimizer
-        if cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-        warmup, total = self._schedule_steps()
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, cfg.min_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def _schedule_steps(self) -> tuple[int, int]:
-        total = self.steps_per_epoch * self.cfg.epochs
-        return min(total, math.ceil(self.steps_per_epoch * self.cfg.warmup_epochs)), total
-
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.ema is not None:
-            checkpoint["ema_state_dict"] = self.ema.state_dict()
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        checkpoint["cspnet_position"] = {"epoch": self.current_epoch, "batches": progress.processed}  # type: ignore[attr-defined]
-        checkpoint["cspnet_train_loss"] = {"mean_value": self.train_loss.mean_value.detach().cpu(),
-                                           "weight": self.train_loss.weight.detach().cpu()}  # fmt: skip
+        super().on_save_checkpoint(checkpoint)
         checkpoint["cspnet_coco"] = self.coco
         checkpoint["task"] = "detection"
-        for key in ("model_name", "model_overrides", "num_classes", "class_names", "img_size"):
-            checkpoint[key] = self.hparams[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.ema is not None and "ema_state_dict" in checkpoint:
-            self.ema.load_state_dict(checkpoint["ema_state_dict"])
+        super().on_load_checkpoint(checkpoint)
         self.coco = dict(checkpoint.get("cspnet_coco", {}))
-        self.resume_position = checkpoint.get("cspnet_position")
-        train_loss = checkpoint.get("cspnet_train_loss")
-        if train_loss is not None and self.resume_position and self.resume_position["batches"]:
-            self.train_loss.mean_value.copy_(train_loss["mean_value"])
-            self.train_loss.weight.copy_(train_loss["weight"])
-            self.train_loss._update_count = 1

@@ -1,0 +1,138 @@
+"""What every training module of the project shares, so that exact resume is written once.
+
+:class:`ResumableModule` holds the optimizer and the warm-up + cosine schedule, the EMA (updated in
+``optimizer_step``), the per-step seeding, fine-tuning from a file, and the checkpoint contents that
+make a run resumable from any step: the data position for :class:`~cspnet.data.ResumableSampler`,
+the epoch's running training loss and the EMA. The classifier
+(:class:`~cspnet.training.module.ClassifierModule`) and the detector
+(:class:`~cspnet.detection.training.module.DetectorModule`) add their loss, metrics and inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+
+from cspnet.training.ema import ModelEma
+from cspnet.training.schedule import WarmupCosine
+
+log = logging.getLogger(__name__)
+
+# Step seeds: seed * _SEED_STRIDE + step * world + rank never collide for runs under 100k steps.
+_SEED_STRIDE = 1_000_003
+
+
+class ResumableModule(L.LightningModule):
+    """The shared part of a training module; a subclass sets ``cfg`` (a resolved training config),
+    ``model``, ``steps_per_epoch`` and then calls :meth:`init_training_state`.
+
+    ``CHECKPOINT_KEYS``: the hyper-parameters also written at the top level of every checkpoint,
+    so that it is readable without Lightning.
+    """
+
+    CHECKPOINT_KEYS: tuple[str, ...] = ("model_name", "model_overrides", "num_classes", "class_names", "img_size")
+    cfg: Any
+    model: torch.nn.Module
+    steps_per_epoch: int
+
+    def init_training_state(self) -> None:
+        """The EMA (when enabled) and the running training loss; call once ``cfg`` and ``model`` are set."""
+        self.ema = ModelEma(self.model, self.cfg.ema_decay) if self.cfg.ema else None
+        self.train_loss = torchmetrics.MeanMetric()
+        self.resume_position: dict[str, int] | None = None
+
+    def inference_model(self) -> torch.nn.Module:
+        """The weights to evaluate and ship: the EMA when enabled, else the trained model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def load_pretrained(self, path: str) -> None:
+        """Start from the weights in ``path`` (fine-tuning); a classifier or head of another size is
+        not loaded and stays freshly initialised, which is said at warning level."""
+        from cspnet.convert.checkpoint import load_checkpoint
+
+        for note in load_checkpoint(self.model, path):
+            level = logging.WARNING if "not loaded" in note else logging.INFO
+            log.log(level, "--pretrained %s: %s", path, note)
+        if self.ema is not None:  # the average starts from the pretrained weights, not the random ones
+            self.ema = ModelEma(self.model, self.cfg.ema_decay)
+
+    # -- training ----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.module.to(self.device)
+
+    def on_train_start(self) -> None:
+        # A checkpoint restores the schedule's own length; a resumed run with more --epochs stretches it.
+        for config in self.trainer.lr_scheduler_configs:
+            for schedule in getattr(config.scheduler, "lr_lambdas", []):
+                if isinstance(schedule, WarmupCosine):
+                    schedule.warmup_steps, schedule.total_steps = self._schedule_steps()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Augmentation, mixup and dropout draw from the global RNG: seeded per step, a redone step
+        # of a resumed run draws what it drew the first time.
+        seed = self.cfg.seed * _SEED_STRIDE + self.global_step * self.trainer.world_size + self.global_rank
+        torch.manual_seed(seed)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, not in on_train_batch_end: callbacks (the periodic checkpoint) run before the
+        # module's on_train_batch_end, and the checkpoint must hold the EMA of this very step.
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/epoch_loss", self.train_loss.compute(), sync_dist=True)
+        self.train_loss.reset()
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        cfg = self.cfg
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
+        for p in self.model.parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
+        groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.weight_decay},
+                                         {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+        lr = float(cfg.lr) if cfg.lr is not None else 0.0  # resolved configs always have one
+        optimizer: torch.optim.Optimizer
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=lr)
+        warmup, total = self._schedule_steps()
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, cfg.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _schedule_steps(self) -> tuple[int, int]:
+        """(warm-up steps, total steps) of the learning-rate schedule."""
+        total = self.steps_per_epoch * self.cfg.epochs
+        return min(total, math.ceil(self.steps_per_epoch * self.cfg.warmup_epochs)), total
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            checkpoint["ema_state_dict"] = self.ema.state_dict()
+        # Where the data stands: batches of this epoch already trained (see ResumableSampler).
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        checkpoint["cspnet_position"] = {"epoch": self.current_epoch, "batches": progress.processed}  # type: ignore[attr-defined]
+        # The epoch's running mean training loss (torchmetrics keeps it out of the state dict).
+        checkpoint["cspnet_train_loss"] = {"mean_value": self.train_loss.mean_value.detach().cpu(),
+                                           "weight": self.train_loss.weight.detach().cpu()}  # fmt: skip
+        for key in self.CHECKPOINT_KEYS:
+            checkpoint[key] = self.hparams[key]  # top level too: readable without Lightning
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None and "ema_state_dict" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema_state_dict"])
+        self.resume_position = checkpoint.get("cspnet_position")
+        train_loss = checkpoint.get("cspnet_train_loss")
+        if train_loss is not None and self.resume_position and self.resume_position["batches"]:
+            self.train_loss.mean_value.copy_(train_loss["mean_value"])
+            self.train_loss.weight.copy_(train_loss["weight"])
+            self.train_loss._update_count = 1  # counted as updated: compute() then uses the restored state
