@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -33,6 +33,23 @@ from torch import nn
 from cspnet.training.config import RESUME_MAY_CHANGE, TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+
+class ResumableConfig(Protocol):
+    """What resuming needs of a run's config (:class:`TrainConfig`, ``DetectionTrainConfig``)."""
+
+    epochs: int
+    output: str
+    resume: bool
+
+    def validate(self) -> None: ...
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Any: ...
+
+
+_Config = TypeVar("_Config", bound=ResumableConfig)
 
 
 def check_img_size(model: nn.Module, img_size: int) -> None:
@@ -55,14 +72,14 @@ class FitResult:
 
 
 # -- 1. the plan: settings and run folder ----------------------------------------------------------
-def explicit_fields(config: TrainConfig) -> set[str]:
-    """The fields a library caller set: those that differ from :class:`TrainConfig`'s defaults."""
-    default = TrainConfig()
+def explicit_fields(config: Any) -> set[str]:
+    """The fields a library caller set: those that differ from the config class's defaults."""
+    default = type(config)()
     return {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(default, f.name)}
 
 
-def read_resume_checkpoint(path: Path) -> dict[str, Any]:
-    """The ``last.ckpt`` of a run, checked to be a whole ``cspnet train`` checkpoint."""
+def read_resume_checkpoint(path: Path, task: str | None = None, command: str = "cspnet train") -> dict[str, Any]:
+    """The ``last.ckpt`` of a run, checked to be a whole training checkpoint (of ``task``, when given)."""
     if path.stat().st_size == 0:
         raise ValueError(f"--resume: {path} is empty (a write was cut off); remove it to start the run afresh")
     try:
@@ -72,7 +89,9 @@ def read_resume_checkpoint(path: Path) -> dict[str, Any]:
                          "checkpoint") from exc  # fmt: skip
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or not isinstance(hparams.get("train_config"), dict) or "loops" not in ckpt:
-        raise ValueError(f"--resume: {path} is not a `cspnet train` checkpoint (no training state in it)")
+        raise ValueError(f"--resume: {path} is not a `{command}` checkpoint (no training state in it)")
+    if task is not None and ckpt.get("task", "classification") != task:
+        raise ValueError(f"--resume: {path} is not a `{command}` checkpoint (it is a {ckpt.get('task', 'classification')} run)")
     return ckpt
 
 
@@ -84,25 +103,47 @@ def epochs_done(ckpt: dict[str, Any]) -> int:
     return 0
 
 
-def restore_run_config(config: TrainConfig, saved: TrainConfig, given: Collection[str]) -> TrainConfig:
-    """The run's own settings, with the changes a resumption may make (:data:`RESUME_MAY_CHANGE`).
+def restore_run_config(config: _Config, saved: _Config, given: Collection[str],
+                       may_change: Collection[str] = RESUME_MAY_CHANGE) -> _Config:  # fmt: skip
+    """The run's own settings, with the changes a resumption may make (``may_change``).
 
     A given setting that contradicts the run is a one-line error naming both values.
     """
     conflicts = [
         f"--{name.replace('_', '-')} {getattr(config, name)!r} (the run has {getattr(saved, name)!r})"
         for name in sorted(given)
-        if name not in RESUME_MAY_CHANGE and getattr(config, name) != getattr(saved, name)
+        if name not in may_change and getattr(config, name) != getattr(saved, name)
     ]
     if conflicts:
         raise ValueError(f"--resume: {'; '.join(conflicts)}: a resumed run keeps its settings; "
                          "drop these flags or start a new run in another --output")  # fmt: skip
-    changes = {name: getattr(config, name) for name in given if name in RESUME_MAY_CHANGE}
-    restored = dataclasses.replace(saved, **{**changes, "resume": True, "output": config.output})
-    if restored.epochs != saved.epochs:  # resume takes effect on the LR schedule in ClassifierModule
+    changes = {name: getattr(config, name) for name in given if name in may_change}
+    restored: _Config = dataclasses.replace(saved, **{**changes, "resume": True, "output": config.output})  # type: ignore[type-var]
+    if restored.epochs != saved.epochs:  # resume takes effect on the LR schedule in ResumableModule
         log.warning("--resume: training for %d epochs instead of %d; the learning-rate schedule is stretched "
                     "to the new end", restored.epochs, saved.epochs)  # fmt: skip
     return restored
+
+
+def resumed_config(config: _Config, ckpt: dict[str, Any], given: Collection[str] | None,
+                   may_change: Collection[str] = RESUME_MAY_CHANGE) -> _Config:  # fmt: skip
+    """``config`` as the run in ``ckpt`` had it, with the allowed changes; validated."""
+    saved: _Config = type(config).from_dict(ckpt["hyper_parameters"]["train_config"])
+    config = restore_run_config(config, saved, explicit_fields(config) if given is None else set(given), may_change)
+    done = epochs_done(ckpt)
+    if config.epochs < done:
+        raise ValueError(f"--epochs {config.epochs} is invalid: this run has already trained {done} epochs")
+    config.validate()
+    return config
+
+
+def prepare_run_folder(out: Path) -> None:
+    """The run folder is writable (checked before any training) and free of killed writes' leftovers."""
+    from cspnet.training.files import check_writable, remove_stale_temporaries
+
+    check_writable(out)
+    for stale in remove_stale_temporaries(out):
+        log.info("removed %s, left by an interrupted write", stale)
 
 
 @dataclass
@@ -115,7 +156,6 @@ class RunPlan:
 def plan_run(config: TrainConfig, given: Collection[str] | None = None) -> RunPlan:
     """Validate ``config`` and the run folder; on ``resume``, the settings come from the checkpoint."""
     from cspnet import create_model, get_model_entry
-    from cspnet.training.files import check_writable, remove_stale_temporaries
 
     config.validate()
     out = Path(config.output)
@@ -123,23 +163,14 @@ def plan_run(config: TrainConfig, given: Collection[str] | None = None) -> RunPl
     if config.resume:
         if not last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
-        ckpt = read_resume_checkpoint(last)
-        saved = TrainConfig.from_dict(ckpt["hyper_parameters"]["train_config"])
-        given = explicit_fields(config) if given is None else set(given)
-        config = restore_run_config(config, saved, given)
-        done = epochs_done(ckpt)
-        if config.epochs < done:
-            raise ValueError(f"--epochs {config.epochs} is invalid: this run has already trained {done} epochs")
-        config.validate()
+        config = resumed_config(config, read_resume_checkpoint(last, task="classification"), given)
     elif last.is_file():
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
     cfg = config.resolved(get_model_entry(config.model).input_size[-1])
     with torch.device("meta"):  # validates the overrides and the size without building weights
         check_img_size(create_model(cfg.model, num_classes=10, **cfg.model_overrides), cfg.side)
     _warn_if_bf16_is_emulated(cfg)
-    check_writable(out)
-    for stale in remove_stale_temporaries(out):
-        log.info("removed %s, left by an interrupted write", stale)
+    prepare_run_folder(out)
     return RunPlan(cfg, out, last if cfg.resume else None)
 
 

@@ -15,11 +15,17 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cspnet.detection.training.config import DETECTION_RESUME_MAY_CHANGE, DetectionTrainConfig
 from cspnet.training.history import History
-from cspnet.training.runner import FitResult, RunCallbacks, _quiet_lightning, _rounded, epochs_done
+from cspnet.training.runner import (
+    FitResult,
+    RunCallbacks,
+    _quiet_lightning,
+    _rounded,
+    prepare_run_folder,
+    read_resume_checkpoint,
+    resumed_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,41 +44,6 @@ class DetectionHistory(History):
                 f"  ({row['elapsed_s']:.0f}s)")  # fmt: skip
 
 
-def read_detection_checkpoint(path: Path) -> dict[str, Any]:
-    """The ``last.ckpt`` of a detection run, checked to be one."""
-    if path.stat().st_size == 0:
-        raise ValueError(f"--resume: {path} is empty (a write was cut off); remove it to start the run afresh")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"--resume: {path} cannot be read ({type(exc).__name__}); it is truncated or not a "
-                         "checkpoint") from exc  # fmt: skip
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or not isinstance(hparams.get("train_config"), dict) or ckpt.get("task") != "detection":
-        raise ValueError(f"--resume: {path} is not a `cspnet detect train` checkpoint")
-    return ckpt
-
-
-def explicit_fields(config: DetectionTrainConfig) -> set[str]:
-    default = DetectionTrainConfig()
-    return {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(default, f.name)}
-
-
-def restore_run_config(config: DetectionTrainConfig, saved: DetectionTrainConfig, given: Collection[str]
-                       ) -> DetectionTrainConfig:  # fmt: skip
-    """The run's own settings plus what a resumption may change; a contradicting flag is an error."""
-    conflicts = [
-        f"--{name.replace('_', '-')} {getattr(config, name)!r} (the run has {getattr(saved, name)!r})"
-        for name in sorted(given)
-        if name not in DETECTION_RESUME_MAY_CHANGE and getattr(config, name) != getattr(saved, name)
-    ]
-    if conflicts:
-        raise ValueError(f"--resume: {'; '.join(conflicts)}: a resumed run keeps its settings; "
-                         "drop these flags or start a new run in another --output")  # fmt: skip
-    changes = {name: getattr(config, name) for name in given if name in DETECTION_RESUME_MAY_CHANGE}
-    return dataclasses.replace(saved, **{**changes, "resume": True, "output": config.output})
-
-
 @dataclasses.dataclass
 class DetectionPlan:
     config: DetectionTrainConfig
@@ -83,7 +54,6 @@ class DetectionPlan:
 def plan_detection_run(config: DetectionTrainConfig, given: Collection[str] | None = None) -> DetectionPlan:
     """Validate ``config`` and the run folder; on ``resume``, the settings come from the checkpoint."""
     from cspnet import get_model_entry
-    from cspnet.training.files import check_writable, remove_stale_temporaries
 
     config.validate()
     out = Path(config.output)
@@ -91,13 +61,8 @@ def plan_detection_run(config: DetectionTrainConfig, given: Collection[str] | No
     if config.resume:
         if not last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
-        ckpt = read_detection_checkpoint(last)
-        saved = DetectionTrainConfig.from_dict(ckpt["hyper_parameters"]["train_config"])
-        config = restore_run_config(config, saved, explicit_fields(config) if given is None else set(given))
-        done = epochs_done(ckpt)
-        if config.epochs < done:
-            raise ValueError(f"--epochs {config.epochs} is invalid: this run has already trained {done} epochs")
-        config.validate()
+        ckpt = read_resume_checkpoint(last, task="detection", command="cspnet detect train")
+        config = resumed_config(config, ckpt, given, DETECTION_RESUME_MAY_CHANGE)
     elif last.is_file():
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
     entry = get_model_entry(config.model)
@@ -105,9 +70,7 @@ def plan_detection_run(config: DetectionTrainConfig, given: Collection[str] | No
         raise ValueError(f"--model {config.model} is not a detector; choose one of "
                          f"`cspnet models --task detection` (default {DetectionTrainConfig().model})")  # fmt: skip
     cfg = config.resolved(entry.input_size[-1])
-    check_writable(out)
-    for stale in remove_stale_temporaries(out):
-        log.info("removed %s, left by an interrupted write", stale)
+    prepare_run_folder(out)
     return DetectionPlan(cfg, out, last if cfg.resume else None)
 
 
