@@ -137,6 +137,22 @@ def resumed_config(config: _Config, ckpt: dict[str, Any], given: Collection[str]
     return config
 
 
+def run_settings(config: _Config, given: Collection[str] | None, task: str, command: str,
+                 may_change: Collection[str] = RESUME_MAY_CHANGE) -> _Config:  # fmt: skip
+    """The validated settings of the run in ``config.output``: ``config`` for a new run (in an
+    empty folder), the checkpoint's own with the allowed changes for ``--resume``."""
+    config.validate()
+    out = Path(config.output)
+    last = out / "last.ckpt"
+    if config.resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
+        return resumed_config(config, read_resume_checkpoint(last, task, command), given, may_change)
+    if last.is_file():
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
+    return config
+
+
 def prepare_run_folder(out: Path) -> None:
     """The run folder is writable (checked before any training) and free of killed writes' leftovers."""
     from cspnet.training.files import check_writable, remove_stale_temporaries
@@ -157,21 +173,14 @@ def plan_run(config: TrainConfig, given: Collection[str] | None = None) -> RunPl
     """Validate ``config`` and the run folder; on ``resume``, the settings come from the checkpoint."""
     from cspnet import create_model, get_model_entry
 
-    config.validate()
+    config = run_settings(config, given, "classification", "cspnet train")
     out = Path(config.output)
-    last = out / "last.ckpt"
-    if config.resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
-        config = resumed_config(config, read_resume_checkpoint(last, task="classification"), given)
-    elif last.is_file():
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
     cfg = config.resolved(get_model_entry(config.model).input_size[-1])
     with torch.device("meta"):  # validates the overrides and the size without building weights
         check_img_size(create_model(cfg.model, num_classes=10, **cfg.model_overrides), cfg.side)
     _warn_if_bf16_is_emulated(cfg)
     prepare_run_folder(out)
-    return RunPlan(cfg, out, last if cfg.resume else None)
+    return RunPlan(cfg, out, out / "last.ckpt" if cfg.resume else None)
 
 
 def _warn_if_bf16_is_emulated(cfg: TrainConfig) -> None:

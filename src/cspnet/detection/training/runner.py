@@ -23,8 +23,7 @@ from cspnet.training.runner import (
     _quiet_lightning,
     _rounded,
     prepare_run_folder,
-    read_resume_checkpoint,
-    resumed_config,
+    run_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -55,23 +54,15 @@ def plan_detection_run(config: DetectionTrainConfig, given: Collection[str] | No
     """Validate ``config`` and the run folder; on ``resume``, the settings come from the checkpoint."""
     from cspnet import get_model_entry
 
-    config.validate()
+    config = run_settings(config, given, "detection", "cspnet detect train", DETECTION_RESUME_MAY_CHANGE)
     out = Path(config.output)
-    last = out / "last.ckpt"
-    if config.resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
-        ckpt = read_resume_checkpoint(last, task="detection", command="cspnet detect train")
-        config = resumed_config(config, ckpt, given, DETECTION_RESUME_MAY_CHANGE)
-    elif last.is_file():
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
     entry = get_model_entry(config.model)
     if entry.task != "detection":
         raise ValueError(f"--model {config.model} is not a detector; choose one of "
                          f"`cspnet models --task detection` (default {DetectionTrainConfig().model})")  # fmt: skip
     cfg = config.resolved(entry.input_size[-1])
     prepare_run_folder(out)
-    return DetectionPlan(cfg, out, last if cfg.resume else None)
+    return DetectionPlan(cfg, out, out / "last.ckpt" if cfg.resume else None)
 
 
 def detection_metrics(cfg: DetectionTrainConfig, module: Any, run: RunCallbacks, world: int, session_s: float
