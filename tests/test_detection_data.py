@@ -232,3 +232,29 @@ def test_letterbox_image_pads_with_grey():
     image, lb = letterbox_image(Image.new("RGB", (100, 50), (0, 0, 0)), 64)
     assert (lb.resized, lb.pad_y) == ((64, 32), 16)
     assert image[:, 0, 0].tolist() == [114, 114, 114] and image[:, 32, 32].tolist() == [0, 0, 0]
+
+
+def test_mosaic_keeps_every_box_on_its_object() -> None:
+    """Four images with one bright square each: after the mosaic every kept box still frames bright pixels."""
+    import torch
+
+    from cspnet.detection.data import Mosaic
+
+    n, side = 6, 48
+    images = torch.zeros(n, 3, side, side)
+    rows = []
+    for i in range(n):
+        x0, y0 = 4 + 5 * i, 6 + 3 * i
+        images[i, :, y0 : y0 + 12, x0 : x0 + 14] = 1.0
+        rows.append([i, i % 3, x0, y0, x0 + 14, y0 + 12])
+    targets = torch.tensor(rows, dtype=torch.float32)
+    torch.manual_seed(0)
+    out, moved = Mosaic(p=1.0)(images, targets)
+    assert out.shape == images.shape and len(moved) >= n  # four tiles per image: more boxes than before
+    for image, _cls, x1, y1, x2, y2 in moved.tolist():
+        inside = out[int(image), 0, int(y1) + 1 : int(y2) - 1, int(x1) + 1 : int(x2) - 1]
+        assert inside.numel() and inside.mean() > 0.9  # the box frames its (resized) square
+    torch.manual_seed(0)
+    again, moved_again = Mosaic(p=1.0)(images, targets)
+    assert torch.equal(again, out) and torch.equal(moved_again, moved)  # seeded: a resumed step redraws it
+    assert Mosaic(p=0.0)(images, targets)[1] is targets

@@ -70,6 +70,8 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--hflip", type=float, help="flip probability (default: 0 for digits, else 0.5)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random affine, flip and colour jitter with the boxes (default on)")
+    p.add_argument("--mosaic", type=float, metavar="P",
+                   help="probability that a training image becomes a 2x2 mosaic of four (YOLOv4; default 0: off)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="EMA of the weights (default on)")
     p.add_argument("--precision", choices=PRECISIONS, help=f"default {d.precision}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")

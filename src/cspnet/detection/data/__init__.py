@@ -9,6 +9,7 @@
 from cspnet.detection.data.augment import BoxAugment
 from cspnet.detection.data.boxes import BoxHygiene, Letterbox, clean_boxes, letterbox_image
 from cspnet.detection.data.digits import TensorDetection, digits_detection_split
+from cspnet.detection.data.mosaic import Mosaic
 from cspnet.detection.data.readers import (
     DetectionImages,
     DetectionSource,
@@ -28,6 +29,7 @@ __all__ = [
     "DetectionSource",
     "ImageRecord",
     "Letterbox",
+    "Mosaic",
     "TensorDetection",
     "clean_boxes",
     "collate_detection",

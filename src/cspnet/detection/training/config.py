@@ -75,6 +75,7 @@ class DetectionTrainConfig:
     scale_max: float = bounded(1.3, 0.0, low_open=True)
     translate: float = bounded(0.15, 0.0, 0.5)
     jitter: float = bounded(0.2, 0.0, 1.0)
+    mosaic: float = bounded(0.0, 0.0, 1.0)  # probability that a training image becomes a 2x2 mosaic (0: off)
     augment: bool = True
     workers: int | None = bounded(None, 0, integer=True, optional=True)  # digits: 0 (in memory), else min(4, cpus)
     checkpoint_every: int = bounded(50, 0, integer=True)

@@ -14,7 +14,7 @@ import torch
 import torchmetrics
 from torch import Tensor
 
-from cspnet.detection.data import BoxAugment
+from cspnet.detection.data import BoxAugment, Mosaic
 from cspnet.detection.loss import YoloLoss
 from cspnet.detection.metrics import coco_metrics
 from cspnet.detection.model import Detector
@@ -57,6 +57,7 @@ class DetectorModule(ResumableModule):
                              anchor_threshold=cfg.anchor_threshold)
         hflip = cfg.hflip or 0.0
         self.augment = BoxAugment((cfg.scale_min, cfg.scale_max), cfg.translate, hflip, cfg.jitter) if cfg.augment else None
+        self.mosaic = Mosaic(cfg.mosaic) if cfg.augment and cfg.mosaic > 0 else None
         self.steps_per_epoch = steps_per_epoch
         self.init_training_state()
         self.val_loss = torchmetrics.MeanMetric()
@@ -68,6 +69,8 @@ class DetectorModule(ResumableModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
         x = images.float() / 255.0
+        if self.mosaic is not None:  # before the affine: the mosaic is then zoomed and shifted as one image
+            x, targets = self.mosaic(x, targets)
         if self.augment is not None:
             x, targets = self.augment(x, targets)
         loss, parts = self.loss(self.model(x), targets, (x.shape[-2], x.shape[-1]))
