@@ -3,6 +3,12 @@ each trained on the embedded digits detection set with several seeds (not a test
 
     PYTHONPATH=src python benchmarks/detection_table2.py --epochs 12 --seeds 0 1 --output benchmarks/results/table2
 
+On 2 cores, one process per seed (one thread each) is twice as fast, then ``--merge`` writes one report::
+
+    OMP_NUM_THREADS=1 python benchmarks/detection_table2.py --seeds 0 --output /tmp/t2_seed0 &
+    OMP_NUM_THREADS=1 python benchmarks/detection_table2.py --seeds 1 --output /tmp/t2_seed1 &
+    wait; python benchmarks/detection_table2.py --merge /tmp/t2_seed0 /tmp/t2_seed1 --output benchmarks/results/table2
+
 Writes ``table2.json`` (every run), ``table2.md`` (BFLOPs, parameters, CPU latency, mAP and mAP@.5,
 mean and spread over seeds) and ``table2.png`` (mAP@.5 against BFLOPs) in ``--output``.
 The backbone is the small detector's (``cspdensenet_bc40_efm``: CSPDenseNet-BC-40, strides 4/8/16).
@@ -87,9 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--limit-train-batches", type=int, help="batches per epoch (a quick check of the script)")
     parser.add_argument("--output", default="benchmarks/results/table2")
+    parser.add_argument("--merge", nargs="+", metavar="DIR", help="combine the table2.json of these runs instead")
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        parts = [json.loads((Path(d) / "table2.json").read_text()) for d in args.merge]
+        runs = [r for part in parts for r in part["runs"]]
+        merged = {"costs": parts[0]["costs"], "runs": runs, "epochs": parts[0]["epochs"]}
+        (out / "table2.json").write_text(json.dumps(merged, indent=2) + "\n")
+        write_report(out, merged["costs"], runs, merged["epochs"])
+        print((out / "table2.md").read_text())
+        return 0
     costs = {name: measure_costs(overrides) for name, overrides in VARIANTS.items()}
     runs = []
     for name, overrides in VARIANTS.items():
