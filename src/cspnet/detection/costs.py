@@ -8,13 +8,13 @@ and the part of it that is concatenations (the "enormous" concatenated maps of s
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from cspnet.profiling.profiler import AllocationTracker
 
 
 @dataclass(frozen=True)
@@ -29,28 +29,16 @@ class PyramidMemory:
     """The concatenations alone."""
 
 
-class _NeckAllocations(TorchDispatchMode):
+class _NeckAllocations(AllocationTracker):
+    """The profiler's allocation tracker, with the concatenations also counted apart."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.total = self.live = self.peak = self.concat = 0
+        self.concat = 0
 
-    def _release(self, nbytes: int) -> None:
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if any(r.alias_info is not None for r in func._schema.returns):  # views, in-place: no new memory
-            return out
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                nbytes = t.numel() * t.element_size()
-                self.total += nbytes
-                self.live += nbytes
-                self.peak = max(self.peak, self.live)
-                if func is torch.ops.aten.cat.default:
-                    self.concat += nbytes
-                weakref.finalize(t, self._release, nbytes)
-        return out
+    def on_new_tensor(self, func: Any, nbytes: int) -> None:
+        if func is torch.ops.aten.cat.default:
+            self.concat += nbytes
 
 
 @torch.no_grad()

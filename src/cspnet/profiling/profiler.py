@@ -214,8 +214,12 @@ def _split_conv_names(model: nn.Module) -> set[str]:
     return names
 
 
-class _AllocationTracker(TorchDispatchMode):
-    """Sums the bytes of every new tensor an op returns and the peak of those alive at once."""
+class AllocationTracker(TorchDispatchMode):
+    """Sums the bytes of every new tensor an op returns and the peak of those alive at once.
+
+    Subclasses may count more per new tensor in :meth:`on_new_tensor` (the detection necks' cost
+    comparison counts the concatenations apart).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -239,8 +243,12 @@ class _AllocationTracker(TorchDispatchMode):
                 self.total += nbytes
                 self.live += nbytes
                 self.peak = max(self.peak, self.live)
+                self.on_new_tensor(func, nbytes)
                 weakref.finalize(t, self._release, nbytes)
         return out
+
+    def on_new_tensor(self, func: Any, nbytes: int) -> None:
+        """Called for every new tensor an op returns (after the totals are updated)."""
 
 
 OutputHook = Callable[[str, nn.Module, tuple[Any, ...], Any], None]
@@ -340,7 +348,7 @@ def profile(    model_or_name: nn.Module | str,
         )
 
     x = torch.empty(1, *size, device="meta")
-    tracker = _AllocationTracker()
+    tracker = AllocationTracker()
     try:
         with tracker:
             counts = _run(model, x, layer_names | set(groups), on_output)
