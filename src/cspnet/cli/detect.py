@@ -100,22 +100,14 @@ def given_settings(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cspnet.cli.main import CLIError
+    from cspnet.cli.train import INTERRUPTED, fit_resumably
     from cspnet.detection.training import DetectionTrainConfig, fit_detector
-    from cspnet.training.files import RunFolderError
 
     given = given_settings(args)
     config = DetectionTrainConfig(**given)
-    try:
-        result = fit_detector(config, given=set(given))
-    except KeyboardInterrupt:
-        print(f"cspnet detect train: interrupted; resume with: cspnet detect train --output {config.output} --resume",
-              file=sys.stderr, flush=True)  # fmt: skip
-        return 130
-    except RunFolderError as exc:
-        resumable = (Path(config.output) / "last.ckpt").is_file()
-        hint = f"; once fixed, resume with: cspnet detect train --output {config.output} --resume" if resumable else ""
-        raise CLIError(f"{exc}{hint}") from exc
+    result = fit_resumably("cspnet detect train", config.output, lambda: fit_detector(config, given=set(given)))
+    if result is None:
+        return INTERRUPTED
     m = result.metrics
     print(f"{m['model']}: mAP {_fmt(m['map'])}  mAP@.5 {_fmt(m['map50'])}  mAP@.75 {_fmt(m['map75'])}  "
           f"({m['train_time_s']:.0f}s) -> {result.output}")  # fmt: skip

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from cspnet.cli.options import add_config_overrides, parse_overrides
 from cspnet.training.config import ACCELERATORS, DEFAULT_MODEL, OPTIMIZERS, PRECISIONS, TrainConfig
@@ -98,24 +100,36 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**given_settings(args))
 
 
-def run(args: argparse.Namespace) -> int:
+INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
+
+
+def fit_resumably(command: str, output: str, fit: Callable[[], Any]) -> Any:
+    """``fit()``; Ctrl-C prints the resume command (``None`` is returned: exit with
+    :data:`INTERRUPTED`), and a run folder that cannot be written is a one-line error, with the
+    resume command when the run has a checkpoint to resume from."""
+    from pathlib import Path
+
     from cspnet.cli.main import CLIError
-    from cspnet.training import fit
     from cspnet.training.files import RunFolderError
 
-    config = config_from_args(args)
+    resume = f"{command} --output {output} --resume"
     try:
-        result = fit(config, given=set(given_settings(args)))
+        return fit()
     except KeyboardInterrupt:
-        print(f"cspnet train: interrupted; resume with: cspnet train --output {config.output} --resume",
-              file=sys.stderr, flush=True)
-        return 130
+        print(f"{command}: interrupted; resume with: {resume}", file=sys.stderr, flush=True)
+        return None
     except RunFolderError as exc:
-        from pathlib import Path
+        resumable = (Path(output) / "last.ckpt").is_file()
+        raise CLIError(f"{exc}{f'; once fixed, resume with: {resume}' if resumable else ''}") from exc
 
-        resumable = (Path(config.output) / "last.ckpt").is_file()
-        hint = f"; once fixed, resume with: cspnet train --output {config.output} --resume" if resumable else ""
-        raise CLIError(f"{exc}{hint}") from exc
+
+def run(args: argparse.Namespace) -> int:
+    from cspnet.training import fit
+
+    config = config_from_args(args)
+    result = fit_resumably("cspnet train", config.output, lambda: fit(config, given=set(given_settings(args))))
+    if result is None:
+        return INTERRUPTED
     m = result.metrics
     if m.get("world_size", 1) == 1 or _is_rank_zero():
         loss = "n/a" if m["loss"] is None else f"{m['loss']:.4f}"
