@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from cspnet.detection.costs import compare_necks, neck_comparison_table
+from cspnet.profiling.necks import compare_necks, neck_comparison_table
 
 
 def main() -> None:

@@ -74,9 +74,9 @@ def test_engines_are_measured_through_the_inference_interface(backend: str, prec
 def test_one_table_with_a_row_per_backend_and_precision(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import cspnet.inference.cpu
+    import cspnet.cpu
 
-    monkeypatch.setattr(cspnet.inference.cpu, "has_native_bf16", lambda: False)  # as on an AVX2-only CPU
+    monkeypatch.setattr(cspnet.cpu, "has_native_bf16", lambda: False)  # as on an AVX2-only CPU
     argv = ["benchmark", "cspdensenet_bc40", "--batch-size", "1", "--img-size", "16", "--seconds", "0",
             "--backend", "torch", "onnxruntime", "--precision", "fp32", "bf16", "int8"]  # fmt: skip
     assert main(argv) == 0

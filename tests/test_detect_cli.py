@@ -66,8 +66,8 @@ def test_export_is_checked_in_onnxruntime_with_a_dynamic_batch(trained, tmp_path
     import onnxruntime as ort
     import torch
 
+    from cspnet.detection.export import ExportableDetector
     from cspnet.detection.training import load_trained_detector
-    from cspnet.detection.training.export import ExportableDetector
 
     ckpt, _ = trained
     path = tmp_path / "d.onnx"

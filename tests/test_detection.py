@@ -12,7 +12,7 @@ from torch import nn
 
 import cspnet
 from cspnet.detection import NECKS, Detector
-from cspnet.detection.costs import feature_pyramid_memory
+from cspnet.profiling.necks import feature_pyramid_memory
 
 DETECTORS = cspnet.list_models(task="detection")
 SMALL = "cspdensenet_bc40_efm"
@@ -278,7 +278,7 @@ def test_which_backbone_levels_reach_which_outputs(neck: str, reach: dict) -> No
 
 def test_concat_maxout_traces_to_the_same_result() -> None:
     """The in-place path writes through slice views, which tracing (and so ONNX export) does not record."""
-    from cspnet.detection.blocks import Maxout, concat_maxout
+    from cspnet.models.detectors.blocks import Maxout, concat_maxout
 
     class Fuse(torch.nn.Module):
         def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,7 @@ def test_cli_models_lists_the_cfg_detectors_with_parameter_counts(capsys: pytest
 
 
 def test_neck_comparison_rows_and_table() -> None:
-    from cspnet.detection.costs import NECK_VARIANTS, compare_necks, neck_comparison_table
+    from cspnet.profiling.necks import NECK_VARIANTS, compare_necks, neck_comparison_table
 
     assert [label for label, _ in NECK_VARIANTS][:4] == ["FPN (YOLOv3)", "GFM (Fig. 6b)", "PANet", "EFM, Maxout 4"]
     variants = tuple(v for v in NECK_VARIANTS if v[1].get("neck") == "efm" and len(v[1]) <= 2)[:2]

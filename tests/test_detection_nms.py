@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cspnet.detection import Maxout, SpatialPyramidPooling, batched_nms, box_iou, decode, postprocess
-from cspnet.detection.blocks import concat_maxout
+from cspnet.models.detectors.blocks import concat_maxout
 
 
 def reference_iou(a: list[float], b: list[float]) -> float:

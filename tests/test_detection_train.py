@@ -16,7 +16,7 @@ from PIL import Image
 
 from cspnet.detection.metrics import coco_metrics
 from cspnet.detection.training import DetectionTrainConfig, fit_detector, load_trained_detector
-from cspnet.detection.training.inference import detections, greedy_nms
+from cspnet.ops.postprocess import detections, greedy_nms
 
 COLOURS = [(255, 40, 40), (40, 255, 40), (60, 60, 255)]
 TINY = {"neck_widths": (16, 32, 64)}  # the small EFM detector, narrower
@@ -169,7 +169,7 @@ def test_coco_metrics_on_hand_made_cases():
 
 
 def test_fast_postprocessing_matches_the_detectors_own():
-    from cspnet.detection.head import postprocess
+    from cspnet.models.detectors.head import postprocess
 
     gen = torch.Generator().manual_seed(0)
     boxes = torch.rand(3, 400, 2, generator=gen) * 50

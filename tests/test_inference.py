@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 import cspnet
 from cspnet.cli.main import main
+from cspnet.cpu import has_native_bf16
 from cspnet.data import load_digits_split
 from cspnet.export import export_model
 from cspnet.inference import (
@@ -24,7 +25,6 @@ from cspnet.inference import (
     physical_cores,
     read_onnx_info,
 )
-from cspnet.inference.cpu import has_native_bf16
 
 ENGINES = ("onnxruntime", "openvino")
 # One model of each family: DenseNet-style dense stages, ResNet-like and Darknet-like stage nets, PeleeNet.
@@ -187,7 +187,7 @@ def top1(loaded, images: torch.Tensor, targets: torch.Tensor) -> float:
 def test_int8_keeps_the_digits_accuracy(digits_checkpoint: Path, tmp_path: Path) -> None:
     import onnx
 
-    from cspnet.training.trained import load_trained
+    from cspnet.trained import load_trained
 
     _, val = load_digits_split(DIGITS_SIDE)
     trained = load_trained(digits_checkpoint)
@@ -220,7 +220,7 @@ def test_int8_straight_from_a_checkpoint(digits_checkpoint: Path) -> None:
 def test_int8_calibrates_on_an_image_folder(tmp_path: Path) -> None:
     from PIL import Image
 
-    from cspnet.inference.quantize import sample_images
+    from cspnet.export.quantize import sample_images
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):

@@ -258,7 +258,7 @@ def test_fine_tuning_from_a_training_checkpoint_with_other_classes(finished_run,
 
 
 def test_bf16_training_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
-    import cspnet.inference.cpu as cpu
+    import cspnet.cpu as cpu
     from cspnet.training.runner import _warn_if_bf16_is_emulated
 
     monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)

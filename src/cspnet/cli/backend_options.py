@@ -42,7 +42,7 @@ def check_backends_installed(backends: list[str]) -> None:
 
 def warn_if_bf16_is_emulated() -> None:
     """Warn on stderr when the CPU has no native bf16 (bf16 is then several times slower than fp32)."""
-    from cspnet.inference.cpu import has_native_bf16
+    from cspnet.cpu import has_native_bf16
 
     if has_native_bf16() is False:
         print("cspnet: warning: this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag): bf16 is emulated "
@@ -117,8 +117,8 @@ def export_engine_options(args: argparse.Namespace, model: Any, img_size: int) -
 def _export_info(args: argparse.Namespace, model: Any, img_size: int) -> Any:
     import torch
 
-    from cspnet.inference.info import ModelInfo, default_info
-    from cspnet.training.trained import is_training_checkpoint
+    from cspnet.metadata import ModelInfo, default_info
+    from cspnet.trained import is_training_checkpoint
 
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     name = args.model or getattr(model, "name", "") or type(model).__name__

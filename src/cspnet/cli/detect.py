@@ -155,8 +155,8 @@ def run_val(args: argparse.Namespace) -> int:
     )
     from cspnet.detection.metrics import coco_metrics
     from cspnet.detection.training import load_trained_detector
-    from cspnet.detection.training.inference import detections
     from cspnet.detection.training.module import EVAL_CANDIDATES, split_targets
+    from cspnet.ops.postprocess import detections
 
     _check_thresholds(args.conf, args.iou)
     trained = load_trained_detector(args.checkpoint, ema=args.ema)
@@ -247,7 +247,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from cspnet.cli.main import CLIError
     from cspnet.detection.data import letterbox_image, open_image
     from cspnet.detection.training import load_trained_detector
-    from cspnet.detection.training.inference import detections
+    from cspnet.ops.postprocess import detections
 
     _check_thresholds(args.conf, args.iou)
     if args.max_detections < 1:
@@ -311,9 +311,9 @@ def _add_export(actions: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from cspnet import create_model, get_model_entry
     from cspnet.cli.main import CLIError
-    from cspnet.detection.model import Detector
+    from cspnet.detection.export import export_detector_onnx
     from cspnet.detection.training import load_trained_detector
-    from cspnet.detection.training.export import export_detector_onnx
+    from cspnet.models.detectors.model import Detector
 
     _check_thresholds(args.conf, args.iou)
     if args.checkpoint:

@@ -59,7 +59,7 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
     from cspnet.cli.main import CLIError
     from cspnet.data.transforms import check_img_size
     from cspnet.models.registry import require_classifier
-    from cspnet.training.trained import is_training_checkpoint, load_trained
+    from cspnet.trained import is_training_checkpoint, load_trained
 
     if args.img_size is not None:
         check_img_size(args.img_size)  # the range before building anything; the stride below

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cspnet.detection.nms import box_iou
+from cspnet.ops.nms import box_iou
 
 BOX_LOSSES = ("offsets", "giou", "ciou")
 
@@ -145,7 +145,7 @@ class YoloLoss(nn.Module):
                           targets[last, 1].long())  # fmt: skip
 
     def forward(self, outputs: list[Tensor], targets: Tensor, input_size: tuple[int, int]) -> tuple[Tensor, dict[str, Tensor]]:
-        from cspnet.detection.head import decode
+        from cspnet.models.detectors.head import decode
 
         anchors = self.get_buffer("anchors")
         batch, a, c = outputs[0].shape[0], anchors.shape[1], self.num_classes

@@ -19,7 +19,7 @@ resize rule, mean and std), :func:`export_model` writes it into the ONNX ``metad
 TorchScript archive's extra file ``cspnet.json``; :func:`cspnet.inference.load_model` reads it back.
 ``preprocessing_in_graph=True`` puts the normalisation and the softmax in the graph (uint8 NHWC
 pixels in, probabilities out), and ``int8_calibration=`` quantises the ONNX file
-(:mod:`cspnet.inference.quantize`).
+(:mod:`cspnet.export.quantize`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from cspnet.export.fold import optimize_for_inference
 
 if TYPE_CHECKING:
-    from cspnet.inference.info import ModelInfo
+    from cspnet.metadata import ModelInfo
 
 ExportFormat = Literal["onnx", "torchscript"]
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript")
@@ -231,7 +231,7 @@ def _example_batch(info: ModelInfo, batch_size: int, seed: int = 0) -> Tensor:
 
 
 def _model_info(model: nn.Module, img_size: int, in_chans: int) -> ModelInfo:
-    from cspnet.inference.info import default_info
+    from cspnet.metadata import default_info
 
     with torch.no_grad():
         num_classes = int(model(torch.zeros(1, in_chans, img_size, img_size)).shape[1])
@@ -299,7 +299,7 @@ def export_model(
                      **names, **options)  # type: ignore[operator]  # fmt: skip
         fp32_bytes = fp32_path.stat().st_size
         if int8_calibration is not None:
-            from cspnet.inference.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
+            from cspnet.export.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
 
             calibration_images = calibration_images or DEFAULT_CALIBRATION_IMAGES
             quantize_int8(fp32_path, path, info, int8_calibration, count=calibration_images)
@@ -315,7 +315,7 @@ def export_model(
     expected, got = reference(x), load_runner(path, fmt)(x)
     agreement, checked = None, 0
     if int8_calibration is not None:
-        from cspnet.inference.quantize import sample_images
+        from cspnet.export.quantize import sample_images
 
         images = sample_images(int8_calibration, img_size, agreement_images, held_out=True,
                                calibration_count=calibration_images or 0)  # fmt: skip

@@ -9,7 +9,7 @@ written by ``cspnet export`` (ONNX or TorchScript, which carry their :class:`Mod
 :class:`InferenceModel` it returns runs a batch with one call. See ``docs/deployment.md``.
 """
 
-from cspnet.inference.cpu import has_native_bf16, physical_cores
+from cspnet.cpu import has_native_bf16, physical_cores
 from cspnet.inference.engines import (
     BACKEND_EXTRAS,
     BACKENDS,
@@ -20,8 +20,8 @@ from cspnet.inference.engines import (
     TorchEngine,
     onnxruntime_session_options,
 )
-from cspnet.inference.info import ModelInfo, default_info
 from cspnet.inference.model import InferenceModel, load_model, read_onnx_info
+from cspnet.metadata import ModelInfo, default_info
 
 __all__ = [
     "BACKENDS",

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cspnet.inference.cpu import physical_cores
+from cspnet.cpu import physical_cores
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from cspnet.inference.engines import (
     TorchEngine,
     import_backend,
 )
-from cspnet.inference.info import ModelInfo, default_info
+from cspnet.metadata import ModelInfo, default_info
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,9 @@ def _torch_source(
     img_size: int | None, overrides: Mapping[str, Any], ema: bool, expected_model: str | None,
 ) -> tuple[nn.Module, ModelInfo, Any]:  # fmt: skip
     """A registered name (with optional weights) or a ``cspnet train`` checkpoint -> model, info and the
-    :class:`~cspnet.training.trained.TrainedModel` (``None`` for a registered name)."""
+    :class:`~cspnet.trained.TrainedModel` (``None`` for a registered name)."""
     from cspnet import create_model, get_model_entry
-    from cspnet.training.trained import is_training_checkpoint, load_trained
+    from cspnet.trained import is_training_checkpoint, load_trained
 
     path = Path(source)
     if path.is_file() or path.suffix or os.sep in str(source):
@@ -317,7 +317,7 @@ def _onnx_model(
     if want == "int8" and info.precision != "int8":
         if calibration_data is None:
             raise ValueError("int8 needs calibration images: pass calibration_data ('digits' or an image folder)")
-        from cspnet.inference.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
+        from cspnet.export.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
 
         folder = tempfile.TemporaryDirectory(prefix="cspnet-int8-")
         path = quantize_int8(path, Path(folder.name) / "int8.onnx", info, calibration_data,

@@ -215,7 +215,7 @@ def layers_section(
 
 def detection_section(quick: bool) -> list[str]:
     """EFM / GFM / FPN (Table 2's necks) on CSPPeleeNet at 416: costs, pyramid memory, latency."""
-    from cspnet.detection.costs import compare_necks, neck_comparison_table
+    from cspnet.profiling.necks import compare_necks, neck_comparison_table
 
     rows = compare_necks("csppeleenet_efm", 416, latency=not quick)
     return [

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any
 from cspnet.training.config import TrainConfig
 
 if TYPE_CHECKING:
+    from cspnet.trained import TrainedModel, is_training_checkpoint, load_trained
     from cspnet.training.runner import FitResult, check_img_size, fit
-    from cspnet.training.trained import TrainedModel, is_training_checkpoint, load_trained
 
 _LAZY = {
     "FitResult": "cspnet.training.runner",
     "check_img_size": "cspnet.training.runner",
     "fit": "cspnet.training.runner",
-    "TrainedModel": "cspnet.training.trained",
-    "is_training_checkpoint": "cspnet.training.trained",
-    "load_trained": "cspnet.training.trained",
+    "TrainedModel": "cspnet.trained",
+    "is_training_checkpoint": "cspnet.trained",
+    "load_trained": "cspnet.trained",
 }
 
 __all__ = ["FitResult", "TrainConfig", "TrainedModel", "check_img_size", "fit", "is_training_checkpoint", "load_trained"]

@@ -7,7 +7,7 @@
 4. :func:`run_training` runs it, with Ctrl-C made resumable and known notices filtered.
 5. :func:`final_metrics` and :func:`write_reports` produce ``metrics.json`` and the learning curves.
 
-``load_trained`` (a model back from a checkpoint) lives in :mod:`cspnet.training.trained`.
+``load_trained`` (a model back from a checkpoint) lives in :mod:`cspnet.trained`.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def plan_run(config: TrainConfig, given: Collection[str] | None = None) -> RunPl
 
 def _warn_if_bf16_is_emulated(cfg: TrainConfig) -> None:
     """bf16 on a CPU without native support runs emulated: measured 8x slower than fp32 on an AVX2 machine."""
-    from cspnet.inference.cpu import has_native_bf16
+    from cspnet.cpu import has_native_bf16
 
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
     if cfg.precision == "bf16" and on_cpu and has_native_bf16() is False:

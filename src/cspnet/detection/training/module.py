@@ -17,9 +17,9 @@ from torch import Tensor
 from cspnet.detection.data import BoxAugment, Mosaic
 from cspnet.detection.loss import YoloLoss
 from cspnet.detection.metrics import coco_metrics
-from cspnet.detection.model import Detector
 from cspnet.detection.training.config import DetectionTrainConfig
-from cspnet.detection.training.inference import detections
+from cspnet.models.detectors.model import Detector
+from cspnet.ops.postprocess import detections
 from cspnet.training.resumable import ResumableModule
 
 EVAL_CANDIDATES = 1000  # the best-scored boxes per image entering NMS at evaluation (of ~1000 x classes)

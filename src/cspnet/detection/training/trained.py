@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cspnet.detection.model import Detector
+from cspnet.models.detectors.model import Detector
 
 
 @dataclass

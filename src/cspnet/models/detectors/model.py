@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cspnet.detection.blocks import pad_to_multiple
-from cspnet.detection.config import DetectorConfig
-from cspnet.detection.head import YoloHead, decode, postprocess
-from cspnet.detection.necks import EFM, NECK_CLASSES, Neck
 from cspnet.models.backbone import Backbone, FeatureExtractor, FeatureInfo, init_weights
+from cspnet.models.detectors.blocks import pad_to_multiple
+from cspnet.models.detectors.config import DetectorConfig
+from cspnet.models.detectors.head import YoloHead, decode, postprocess
+from cspnet.models.detectors.necks import EFM, NECK_CLASSES, Neck
 
 
 def select_levels(info: FeatureInfo, neck: str, backbone: str) -> tuple[list[int], int]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cspnet.detection.nms import batched_nms
 from cspnet.layers import ConvNormAct
+from cspnet.ops.nms import batched_nms
 
 
 class YoloHead(nn.Module):

@@ -49,8 +49,8 @@ def feature_pyramid_memory(name: str, input_size: Sequence[int] | int, **overrid
     >>> m.concat_bytes < m.total_bytes and m.peak_bytes <= m.total_bytes
     True
     """
-    from cspnet.detection.model import Detector
     from cspnet.models import create_model
+    from cspnet.models.detectors.model import Detector
 
     size = (3, input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     with torch.device("meta"):

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from cspnet.detection.config import YOLOV3_ANCHORS, DetectorConfig
-from cspnet.detection.model import build_detector
+from cspnet.models.detectors.config import YOLOV3_ANCHORS, DetectorConfig
+from cspnet.models.detectors.model import build_detector
 from cspnet.models.registry import ModelEntry, register_model
 
 

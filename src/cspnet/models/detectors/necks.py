@@ -2,7 +2,7 @@
 
 Every neck takes the backbone's feature maps finest first and returns three maps (output scales
 ``s = 0, 1, 2``, strides ``r, 2r, 4r``; ``r = 8`` for ImageNet backbones), finest first. Widths
-``w_s`` are ``DetectorConfig.neck_widths``; "stack" is :func:`~cspnet.detection.blocks.conv_stack`
+``w_s`` are ``DetectorConfig.neck_widths``; "stack" is :func:`~cspnet.models.detectors.blocks.conv_stack`
 (``stack_convs`` alternating 1x1 ``w`` / 3x3 ``2w`` convs, or a CSP stage with ``neck_csp``);
 "down" is a stride-2 resampling (``downsample``: 3x3/2 conv or max pool + 1x1) and "up" a x2
 ``upsample`` after a 1x1 conv. ``C_s`` is the backbone map at output scale ``s`` and ``C_-1`` the
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from cspnet.detection.blocks import Downsample, SpatialAttention, SppBlock, concat_maxout, conv_stack
-from cspnet.detection.config import DetectorConfig
 from cspnet.layers import ConvNormAct
+from cspnet.models.detectors.blocks import Downsample, SpatialAttention, SppBlock, concat_maxout, conv_stack
+from cspnet.models.detectors.config import DetectorConfig
 
 
 def _up(in_chs: int, out_chs: int, cfg: DetectorConfig) -> nn.Sequential:
@@ -175,7 +175,7 @@ class GFM(Neck):
 
 class EFMFusion(nn.Module):
     """One fused node of EFM: Maxout over the concatenated inputs (without building the
-    concatenation, :func:`~cspnet.detection.blocks.concat_maxout`), then a conv stack."""
+    concatenation, :func:`~cspnet.models.detectors.blocks.concat_maxout`), then a conv stack."""
 
     def __init__(self, sources: int, width: int, cfg: DetectorConfig) -> None:
         super().__init__()

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cspnet.detection.model import Detector
-from cspnet.detection.nms import batched_nms
+from cspnet.models.detectors.model import Detector
+from cspnet.ops.nms import batched_nms
 
 
 class _OnnxNms(torch.autograd.Function):

@@ -28,8 +28,8 @@ from cspnet.convert.darknet import (
     read_darknet_weights,
     read_floats,
 )
-from cspnet.detection.model import Detector
 from cspnet.layers import ConvNormAct
+from cspnet.models.detectors.model import Detector
 
 
 def _prefixed(prefix: str, layers: list[DarknetConv]) -> list[DarknetConv]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cspnet.inference.info import ModelInfo
+from cspnet.metadata import ModelInfo
 
 log = logging.getLogger(__name__)
 
