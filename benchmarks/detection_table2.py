@@ -47,13 +47,13 @@ def measure_costs(overrides: dict) -> dict:
 
 
 def train(name: str, overrides: dict, seed: int, epochs: int, limit: int | None, out: Path) -> dict:
-    from cspnet.detection.training import DetectionTrainConfig, fit_detector
+    from cspnet.training import DetectionTrainConfig, fit
 
     folder = out / "runs" / f"{name.replace(' ', '').replace('(', '_').replace(')', '')}-seed{seed}"
     started = time.perf_counter()
     cfg = DetectionTrainConfig(model_overrides=overrides, seed=seed, epochs=epochs, limit_train_batches=limit,
                                output=str(folder), checkpoint_every=0)  # fmt: skip
-    m = fit_detector(cfg, verbose=False).metrics
+    m = fit(cfg, verbose=False).metrics
     return {"variant": name, "seed": seed, "map": m["map"], "map50": m["map50"], "seconds": round(time.perf_counter() - started)}
 
 

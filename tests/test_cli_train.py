@@ -110,7 +110,7 @@ def test_train_on_a_folder_skips_unreadable_images(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--data", "{tmp}/missing"], "data folder not found"),
+        (["train", "--data", "{tmp}/missing"], "missing: not found"),
         (["train", "--data", "{tmp}/empty"], "no class sub-folders"),
         (["train", "--data", "{tmp}/noimages"], "has no images"),
         (["train", "--data", "{tmp}/unreadable"], "none of its 2 images can be read"),

@@ -65,9 +65,9 @@ def test_predict_draws_boxes_and_writes_coco_results(trained, tmp_path, capsys):
 def test_export_is_checked_in_onnxruntime_with_a_dynamic_batch(trained, tmp_path, nms, capsys):
     import onnxruntime as ort
     import torch
+    from cspnet.trained import load_trained
 
     from cspnet.detection.export import ExportableDetector
-    from cspnet.detection.training import load_trained_detector
 
     ckpt, _ = trained
     path = tmp_path / "d.onnx"
@@ -77,7 +77,7 @@ def test_export_is_checked_in_onnxruntime_with_a_dynamic_batch(trained, tmp_path
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.rand(3, 3, 64, 64)
     got = session.run(None, {"images": x.numpy()})
-    module = ExportableDetector(load_trained_detector(ckpt).model, nms, conf_threshold=0.05)
+    module = ExportableDetector(load_trained(ckpt, task='detection').model, nms, conf_threshold=0.05)
     with torch.no_grad():
         expected = module(x)
     if nms:

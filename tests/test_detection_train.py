@@ -12,10 +12,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from cspnet.training import DetectionTrainConfig, fit, load_trained
 from PIL import Image
 
 from cspnet.detection.metrics import coco_metrics
-from cspnet.detection.training import DetectionTrainConfig, fit_detector, load_trained_detector
 from cspnet.ops.postprocess import detections, greedy_nms
 
 COLOURS = [(255, 40, 40), (40, 255, 40), (60, 60, 255)]
@@ -48,7 +48,7 @@ def test_a_tiny_detector_overfits_a_few_images(tmp_path):
     cfg = DetectionTrainConfig(data=str(data), model_overrides=TINY, img_size=64, epochs=25, batch_size=4,
                                lr=3e-3, weight_decay=0.0, warmup_epochs=1, min_lr_ratio=0.5, augment=False, ema=False,
                                output=str(tmp_path / "run"), checkpoint_every=0)
-    result = fit_detector(cfg, verbose=False)
+    result = fit(cfg, verbose=False)
     m = result.metrics
     assert m["map50"] > 0.9, m
     assert 0.0 <= m["map"] <= m["map50"] <= 1.0
@@ -60,7 +60,7 @@ def test_a_tiny_detector_overfits_a_few_images(tmp_path):
     with (tmp_path / "run" / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 25 and set(rows[0]) >= {"val_map", "val_map50", "val_loss"}
-    trained = load_trained_detector(tmp_path / "run" / "last.ckpt")
+    trained = load_trained(tmp_path / "run" / "last.ckpt", task='detection')
     assert trained.class_names == ["red", "green", "blue"] and trained.img_size == 64
 
 
@@ -98,7 +98,7 @@ def shapes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(shapes, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "run"
-    fit_detector(resume_config(shapes, out), verbose=False)
+    fit(resume_config(shapes, out), verbose=False)
     return out
 
 
@@ -114,8 +114,8 @@ CASES = [("step", STEPS_PER_EPOCH + 2)] + random.Random().sample([p for p in KIL
 def test_a_detection_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(where, when, shapes, reference, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Crash):
-        fit_detector(resume_config(shapes, out), callbacks=[KillAt(where, when)], verbose=False)
-    fit_detector(resume_config(shapes, out, resume=True), verbose=False)
+        fit(resume_config(shapes, out), callbacks=[KillAt(where, when)], verbose=False)
+    fit(resume_config(shapes, out, resume=True), verbose=False)
     a = torch.load(reference / "last.ckpt", weights_only=True)
     b = torch.load(out / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
@@ -137,19 +137,19 @@ def test_resume_refuses_a_contradicting_setting(shapes, reference, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
     with pytest.raises(ValueError, match=r"--batch-size 8 \(the run has 4\)"):
-        fit_detector(resume_config(shapes, out, resume=True, batch_size=8), verbose=False, given={"batch_size"})
+        fit(resume_config(shapes, out, resume=True, batch_size=8), verbose=False, given={"batch_size"})
 
 
 def test_a_classification_checkpoint_is_not_a_detection_run(tmp_path):
     (tmp_path / "run").mkdir()
     torch.save({"hyper_parameters": {"train_config": {}}, "loops": {}}, tmp_path / "run" / "last.ckpt")
     with pytest.raises(ValueError, match="not a `cspnet detect train` checkpoint"):
-        fit_detector(DetectionTrainConfig(output=str(tmp_path / "run"), resume=True), verbose=False)
+        fit(DetectionTrainConfig(output=str(tmp_path / "run"), resume=True), verbose=False)
 
 
 def test_a_classifier_is_not_a_detector(tmp_path):
-    with pytest.raises(ValueError, match="--model cspdarknet53 is not a detector"):
-        fit_detector(DetectionTrainConfig(model="cspdarknet53", output=str(tmp_path / "r")), verbose=False)
+    with pytest.raises(ValueError, match="--model cspdarknet53 is not a detection model"):
+        fit(DetectionTrainConfig(model="cspdarknet53", output=str(tmp_path / "r")), verbose=False)
 
 
 # -- metrics and post-processing -------------------------------------------------------------------

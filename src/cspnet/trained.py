@@ -1,10 +1,12 @@
-"""A model back from a ``cspnet train`` checkpoint: ``load_trained`` and ``is_training_checkpoint``.
+"""A model back from a training checkpoint of any task: ``load_trained`` and ``is_training_checkpoint``.
 
-A checkpoint may be hand-edited or come from elsewhere, so everything inference takes from it is
-checked before use: the model name and overrides, the class names (one per class), the input side
-(at least the network's stride, at most :data:`~cspnet.data.transforms.MAX_IMG_SIZE`), the
-normalisation (one finite mean and one positive std per input channel) and the weights (the EMA ones
-when the run kept an EMA). Each problem is a one-line :class:`~cspnet.convert.CheckpointError`.
+One reader for ``cspnet train`` (classification) and ``cspnet detect train`` (detection)
+checkpoints. A checkpoint may be hand-edited or come from elsewhere, so everything inference takes
+from it is checked before use, whatever its task: the task (the one the caller handles, and the
+one its model is registered for), the model name and overrides, the class names (one per class),
+the input side (at least the network's stride, at most :data:`~cspnet.data.transforms.MAX_IMG_SIZE`),
+the normalisation (one finite mean and one positive std per input channel) and the weights (the EMA
+ones when the run kept an EMA). Each problem is a one-line :class:`~cspnet.convert.CheckpointError`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,20 @@ from typing import Any
 import torch
 from torch import nn
 
+# What each task's commands are called, for messages that send a user to the right one.
+COMMANDS = {"classification": "cspnet train", "detection": "cspnet detect train"}
+_USE_INSTEAD = {"classification": "cspnet predict / eval / export", "detection": "cspnet detect predict / val / export"}
+IDENTITY_NORMALISATION = ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+"""Pixels in [0, 1] as they are: what detection checkpoints written before they recorded it used."""
+
 
 @dataclass
 class TrainedModel:
-    """A model rebuilt from a ``cspnet train`` checkpoint, with what inference needs to know.
+    """A model rebuilt from a training checkpoint, with what inference needs to know.
 
-    ``train_config`` is the run's resolved :class:`~cspnet.training.TrainConfig` as a dict (empty for
-    a checkpoint that lacks it); ``weights`` says which weights were loaded (``"ema"`` or ``"raw"``).
+    ``task`` is ``"classification"`` or ``"detection"``; ``train_config`` is the run's resolved
+    config as a dict (empty for a checkpoint that lacks it); ``weights`` says which weights were
+    loaded (``"ema"`` or ``"raw"``).
     """
 
     model: nn.Module
@@ -36,6 +45,7 @@ class TrainedModel:
     std: list[float]
     train_config: dict[str, Any] = field(default_factory=dict)
     weights: str = "ema"
+    task: str = "classification"
 
     def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
         from cspnet.data.transforms import Normalize
@@ -48,7 +58,8 @@ def _read(path: Path) -> Any:
 
 
 def is_training_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a checkpoint written by ``cspnet train`` (it names its model and classes)."""
+    """Whether ``path`` is a checkpoint written by ``cspnet train`` or ``cspnet detect train`` (it names
+    its model and classes)."""
     path = Path(path)
     if not path.is_file() or path.suffix.lower() in (".safetensors", ".weights"):
         return False
@@ -102,7 +113,7 @@ def _weights(ckpt: Mapping[str, Any], ema: bool, config: Mapping[str, Any], wher
 
 
 def _open(path: Path, expected_model: str | None) -> dict[str, Any]:
-    """The checkpoint at ``path``, checked to be a `cspnet train` one of ``expected_model``."""
+    """The checkpoint at ``path``, checked to be a training checkpoint of ``expected_model``."""
     from cspnet.convert import CheckpointError
 
     if not path.is_file():
@@ -112,16 +123,37 @@ def _open(path: Path, expected_model: str | None) -> dict[str, Any]:
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or "model_name" not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a `cspnet train` checkpoint (no model name / class names in it)")
-    missing = [k for k in ("num_classes", "class_names", "img_size", "mean", "std") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: a `cspnet train` checkpoint needs {', '.join(missing)}, which it lacks")
+        raise CheckpointError(f"{path} is not a training checkpoint of `cspnet train` or `cspnet detect train` "
+                              "(no model name / class names in it)")  # fmt: skip
     name = ckpt["model_name"]
     if not isinstance(name, str):
         raise CheckpointError(f"{path}: model_name {name!r} is not a model name")
     if expected_model and expected_model != name:
         raise CheckpointError(f"{path} holds a {name!r} model, not {expected_model!r}")
     return ckpt
+
+
+def _task(ckpt: Mapping[str, Any], wanted: str | None, where: str) -> str:
+    """The checkpoint's task, checked against its model's registry entry and the task the caller handles."""
+    from cspnet.convert import CheckpointError
+    from cspnet.models import get_model_entry
+
+    task = ckpt.get("task", "classification")  # checkpoints before the task key were classification runs
+    if task not in COMMANDS:
+        raise CheckpointError(f"{where}: task {task!r} is invalid: expected one of {', '.join(map(repr, COMMANDS))}")
+    try:
+        registered = get_model_entry(ckpt["model_name"]).task
+    except ValueError as exc:  # an unknown model name: the message suggests close ones
+        raise CheckpointError(f"{where}: {exc}") from exc
+    if registered != task:
+        raise CheckpointError(f"{where}: its model {ckpt['model_name']!r} is a {registered} model, but the checkpoint "
+                              f"says task {task!r}: the file was edited or is damaged")  # fmt: skip
+    if wanted is not None and task != wanted:
+        raise CheckpointError(f"{where} is a {task} checkpoint (`{COMMANDS[task]}`): use {_USE_INSTEAD[task]}")
+    missing = [k for k in ("num_classes", "class_names", "img_size") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{where}: a `{COMMANDS[task]}` checkpoint needs {', '.join(missing)}, which it lacks")
+    return str(task)
 
 
 def _classes(ckpt: Mapping[str, Any], where: str) -> list[str]:
@@ -141,8 +173,8 @@ def _classes(ckpt: Mapping[str, Any], where: str) -> list[str]:
 
 def _rebuild(ckpt: Mapping[str, Any], num_classes: int, where: str) -> nn.Module:
     """The checkpoint's model, freshly initialised, with its recorded overrides."""
-    from cspnet import create_model
     from cspnet.convert import CheckpointError
+    from cspnet.models import create_model
 
     overrides = ckpt.get("model_overrides", {})
     if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
@@ -153,10 +185,13 @@ def _rebuild(ckpt: Mapping[str, Any], num_classes: int, where: str) -> nn.Module
         raise CheckpointError(f"{where}: cannot rebuild its model: {exc}") from exc
 
 
-def load_trained(path: str | os.PathLike[str], expected_model: str | None = None, ema: bool = True) -> TrainedModel:
-    """Rebuild the model a ``cspnet train`` checkpoint holds (EMA weights when it has them).
+def load_trained(path: str | os.PathLike[str], expected_model: str | None = None, ema: bool = True,
+                 task: str | None = None) -> TrainedModel:  # fmt: skip
+    """Rebuild the model a training checkpoint holds (EMA weights when it has them).
 
-    Raises ``CheckpointError`` for a file that is not such a checkpoint, names another model, or whose
+    ``task`` (``"classification"``, ``"detection"``) is the task the caller handles: a checkpoint of
+    the other one is refused with the commands to use instead; ``None`` takes either. Raises
+    ``CheckpointError`` for a file that is not such a checkpoint, names another model, or whose
     recorded settings are not usable (see the module docstring).
     """
     from cspnet.convert import CheckpointError
@@ -166,6 +201,7 @@ def load_trained(path: str | os.PathLike[str], expected_model: str | None = None
     path = Path(path)
     where = str(path)
     ckpt = _open(path, expected_model)
+    found_task = _task(ckpt, task, where)
     class_names = _classes(ckpt, where)
     model = _rebuild(ckpt, len(class_names), where)
     img_size = ckpt["img_size"]
@@ -173,10 +209,14 @@ def load_trained(path: str | os.PathLike[str], expected_model: str | None = None
         check_img_size(img_size, model, what="its img_size")
     except ValueError as exc:
         raise CheckpointError(f"{where}: {exc}") from exc
-    mean = _normalisation(ckpt, "mean", 3, where)  # `cspnet train` models take RGB
-    std = _normalisation(ckpt, "std", 3, where)
+    if found_task == "detection" and "mean" not in ckpt and "std" not in ckpt:
+        mean, std = IDENTITY_NORMALISATION
+    else:
+        mean = _normalisation(ckpt, "mean", 3, where)  # the trained models take RGB
+        std = _normalisation(ckpt, "std", 3, where)
     config = _train_config(ckpt)
     state, weights = _weights(ckpt, ema, config, where)
     load_weights(model, state, source=where)
     model.eval()
-    return TrainedModel(model, ckpt["model_name"], class_names, img_size, mean, std, config, weights)
+    setattr(model, "name", ckpt["model_name"])  # noqa: B010  (Backbone and Detector both carry their name)
+    return TrainedModel(model, ckpt["model_name"], class_names, img_size, mean, std, config, weights, found_task)

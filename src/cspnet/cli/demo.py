@@ -11,7 +11,6 @@ import argparse
 import shutil
 from pathlib import Path
 
-from cspnet.cli.options import add_config_overrides, parse_overrides
 from cspnet.cli.train import add_training_arguments
 from cspnet.training.config import DEFAULT_MODEL
 
@@ -20,8 +19,7 @@ DEMO_MODELS = (DEFAULT_MODEL, DEFAULT_MODEL.removeprefix("csp"))  # the CSP mode
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train a CSPDenseNet and its DenseNet twin on the digits, compare them")
-    add_training_arguments(p)
-    add_config_overrides(p, help_suffix=" (applies to every model)")
+    add_training_arguments(p)  # with --set, which applies to every model
     p.add_argument("--models", nargs="+", default=list(DEMO_MODELS), help="models to compare (default: %(default)s)")
     p.add_argument("--output", default="runs/demo", help="one sub-folder per model (default runs/demo; replaced)")
     # The same recipe as `cspnet train` (15 epochs): both models trained to convergence, ~1 minute
@@ -37,11 +35,12 @@ def count_macs(model, img_size: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cspnet import get_model_entry
+    from cspnet.cli.run_options import given_settings
+    from cspnet.models import get_model_entry
     from cspnet.models.backbone import count_params
     from cspnet.training import TrainConfig, fit, load_trained
 
-    overrides = parse_overrides(args.overrides)  # applied to every compared model
+    settings = given_settings(args, TrainConfig)  # the data, the schedule and --set: the same for every model
     for name in args.models:
         get_model_entry(name)  # unknown names fail before any training
     rows = []
@@ -49,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.output) / name
         if out.exists():
             shutil.rmtree(out)  # a demo always starts from scratch
-        schedule = {k: getattr(args, k) for k in ("data", "epochs", "batch_size", "lr", "img_size", "seed",
-                                                   "workers", "precision") if getattr(args, k) is not None}  # fmt: skip
-        config = TrainConfig(model=name, model_overrides=overrides, output=str(out), **schedule)
+        config = TrainConfig(**{**settings, "model": name, "output": str(out)})
         print(f"== training {name} ==", flush=True)
         result = fit(config)
         trained = load_trained(out / "last.ckpt")

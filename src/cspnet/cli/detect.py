@@ -1,4 +1,4 @@
-"""``cspnet detect train | val | predict | export``: the detection job, mirroring the classification commands.
+"""``cspnet detect train | val | predict | export``: the detection job, on the classification commands' pipeline.
 
 Examples::
 
@@ -6,12 +6,14 @@ Examples::
     cspnet detect train --data coco/instances_train.json --val-data coco/instances_val.json --img-size 416
     cspnet detect train --data data.yaml --epochs 50     # YOLO layout: images/ and labels/ folders
     cspnet detect train --output runs/detect --resume    # continue an interrupted run exactly
-    cspnet detect val --checkpoint runs/detect/best.ckpt
+    cspnet detect val --checkpoint runs/detect/best.ckpt # on the run's own validation split
     cspnet detect predict photos/ --checkpoint runs/detect/best.ckpt --output predictions/
     cspnet detect export --checkpoint runs/detect/best.ckpt --output detector.onnx --nms
 
 ``--data`` is ``digits`` (embedded: real handwritten digits on cluttered canvases, nothing
 downloaded), a COCO instances ``.json`` (images beside it, or ``--images``) or a YOLO ``data.yaml``.
+``detect train`` takes every option of ``cspnet train`` that applies to detection (the same
+resume, precision, process and checkpoint options), and the detection data, loss and augmentation ones.
 """
 
 from __future__ import annotations
@@ -21,10 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cspnet.cli.options import add_config_overrides, parse_overrides
-
-_FIELD_OF = {"overrides": "model_overrides"}
-_NOT_CONFIG = {"func", "command", "action", "verbose"}
+from cspnet.cli.options import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,147 +39,102 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 # -- train -----------------------------------------------------------------------------------------
 def _add_train(actions: argparse._SubParsersAction) -> None:
-    from cspnet.detection.loss import BOX_LOSSES
-    from cspnet.detection.training.config import DEFAULT_DETECTOR, DetectionTrainConfig
-    from cspnet.training.config import ACCELERATORS, OPTIMIZERS, PRECISIONS
+    from cspnet.cli.run_options import add_run_arguments
+    from cspnet.training.detection_config import DetectionTrainConfig
 
-    d = DetectionTrainConfig()
     p = actions.add_parser("train", help="train a detector (default: the embedded digits set)")
-    p.add_argument("--model", help=f"registered detector (default {DEFAULT_DETECTOR}; `cspnet models '*_efm'`)")
-    add_config_overrides(p)
-    p.set_defaults(overrides=None)
-    p.add_argument("--data", help="'digits' (embedded, default), a COCO instances .json or a YOLO data.yaml")
-    p.add_argument("--images", help="COCO: the training image folder (default: beside the JSON)")
-    p.add_argument("--val-data", help="COCO: the validation JSON (default: YOLO's val split, else a held-out share)")
-    p.add_argument("--val-images", help="COCO: the validation image folder")
-    p.add_argument("--val-fraction", type=float, help=f"held out when the data has no validation split (default {d.val_fraction})")
-    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
-    p.add_argument("--batch-size", type=int, help=f"per process (default {d.batch_size})")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: adamw 1e-2 for digits, else 2e-3; sgd 0.01)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
-    p.add_argument("--weight-decay", type=float, help="default: adamw 0.05, sgd 5e-4")
-    p.add_argument("--momentum", type=float, help=f"sgd momentum (default {d.momentum})")
-    p.add_argument("--warmup-epochs", type=float, help=f"default {d.warmup_epochs}")
-    p.add_argument("--img-size", type=int, help="input side, images letterboxed to it (default: 64 for digits, else the model's)")
-    p.add_argument("--box-loss", choices=BOX_LOSSES, help=f"YOLOv3 offsets or an IoU loss (default {d.box_loss})")
-    p.add_argument("--ignore-threshold", type=float, help=f"YOLOv3's objectness ignore IoU (default {d.ignore_threshold})")
-    p.add_argument("--anchor-threshold", type=float,
-                   help="also train every anchor whose shape IoU with a box exceeds this (YOLOv4's iou_thresh; default: "
-                   "0.25 for digits, else 1 = YOLOv3's best anchor only)")
-    p.add_argument("--hflip", type=float, help="flip probability (default: 0 for digits, else 0.5)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random affine, flip and colour jitter with the boxes (default on)")
-    p.add_argument("--mosaic", type=float, metavar="P",
-                   help="probability that a training image becomes a 2x2 mosaic of four (YOLOv4; default 0: off)")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="EMA of the weights (default on)")
-    p.add_argument("--precision", choices=PRECISIONS, help=f"default {d.precision}")
-    p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--workers", type=int, help="DataLoader workers (default: 0 for digits, else 4)")
-    p.add_argument("--output", help=f"run folder (default {d.output})")
-    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --output from its last.ckpt")
-    p.add_argument("--pretrained", metavar="FILE", help="start from these weights")
-    p.add_argument("--accelerator", choices=ACCELERATORS, help="default auto")
-    p.add_argument("--devices", type=int, help="processes per node (default 1, or torchrun's)")
-    p.add_argument("--num-nodes", type=int, help="machines (default 1)")
-    p.add_argument("--checkpoint-every", type=int, help=f"steps between mid-epoch saves (default {d.checkpoint_every})")
-    p.add_argument("--limit-train-batches", type=int, help="batches per epoch (debugging)")
+    add_run_arguments(p, DetectionTrainConfig)
     p.set_defaults(func=run_train)
 
 
-def given_settings(args: argparse.Namespace) -> dict:
-    from cspnet.detection.training.config import DetectionTrainConfig
-
-    fields = set(DetectionTrainConfig.__dataclass_fields__)
-    given = {}
-    for dest, value in vars(args).items():
-        field = _FIELD_OF.get(dest, dest)
-        if field in fields and value is not None and dest not in _NOT_CONFIG:
-            given[field] = parse_overrides(value) if field == "model_overrides" else value
-    return given
-
-
 def run_train(args: argparse.Namespace) -> int:
-    from cspnet.cli.train import INTERRUPTED, fit_resumably
-    from cspnet.detection.training import DetectionTrainConfig, fit_detector
+    from cspnet.cli.run_options import run_training_command
+    from cspnet.training.detection_config import DetectionTrainConfig
 
-    given = given_settings(args)
-    config = DetectionTrainConfig(**given)
-    result = fit_resumably("cspnet detect train", config.output, lambda: fit_detector(config, given=set(given)))
-    if result is None:
-        return INTERRUPTED
-    m = result.metrics
-    print(f"{m['model']}: mAP {_fmt(m['map'])}  mAP@.5 {_fmt(m['map50'])}  mAP@.75 {_fmt(m['map75'])}  "
-          f"({m['train_time_s']:.0f}s) -> {result.output}")  # fmt: skip
-    return 0
+    return run_training_command(args, DetectionTrainConfig)
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _fraction(text: str) -> float:
+    """An argparse ``type``: a number in [0, 1] (score and IoU thresholds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: expected a number from 0 to 1")
+    return value
+
+
+def _load(checkpoint: str, expected_model: str | None = None, ema: bool = True) -> Any:
+    """A detector back from a ``detect train`` checkpoint (the one reader, every check of it)."""
+    from cspnet.trained import load_trained
+
+    return load_trained(checkpoint, expected_model=expected_model, ema=ema, task="detection")
+
+
 # -- val -------------------------------------------------------------------------------------------
 def _add_val(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("val", help="COCO metrics of a `detect train` checkpoint on a validation set")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="last.ckpt / best.ckpt of `cspnet detect train`")
-    p.add_argument("--data", default="digits", help="'digits' (the embedded val split), a COCO .json or a YOLO data.yaml (val split)")
+    p.add_argument("--data", default=None, help="'digits' (the embedded val split), a COCO .json or a YOLO data.yaml "
+                   "(its val split); default: the validation split of the data the checkpoint was trained on")
     p.add_argument("--images", help="COCO: the image folder")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--conf", type=float, default=0.001, help="score threshold (default 0.001, as COCO evaluations)")
-    p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
+    p.add_argument("--conf", type=_fraction, default=None, help="score threshold (default: the run's, 0.001 as COCO evaluations)")
+    p.add_argument("--iou", type=_fraction, default=None, help="NMS IoU threshold (default: the run's, 0.6)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="evaluate the raw weights, not the EMA")
     p.add_argument("--output", metavar="DIR", help="where val.json goes (default: the checkpoint's folder)")
     p.set_defaults(func=run_val)
 
 
-def _check_thresholds(conf: float, iou: float) -> None:
+def _output_folder(output: str | None, checkpoint: str) -> Path:
+    """The folder results go to, checked writable before any work (a read-only one fails now, not after)."""
     from cspnet.cli.main import CLIError
+    from cspnet.training.files import RunFolderError, check_writable
 
-    for flag, value in (("--conf", conf), ("--iou", iou)):
-        if not 0.0 <= value <= 1.0:
-            raise CLIError(f"{flag} {value} is invalid: expected 0 <= {flag[2:]} <= 1")
+    out = Path(output) if output else Path(checkpoint).parent
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--output {out} is a file: the results go into a folder")
+    try:
+        check_writable(out)
+    except RunFolderError as exc:
+        raise CLIError(str(exc)) from exc
+    return out
 
 
 def run_val(args: argparse.Namespace) -> int:
-    import json
+    from cspnet.cli.main import CLIError
+    from cspnet.evaluation import evaluate_detector, evaluation_set
+    from cspnet.io import atomic_write_text, dumps_json
+    from cspnet.training.detection_config import DetectionTrainConfig
 
-    import torch
-    from torch.utils.data import DataLoader
-
-    from cspnet.detection.data import (
-        DetectionImages,
-        collate_detection,
-        digits_detection_split,
-        read_detection_source,
-    )
-    from cspnet.detection.metrics import coco_metrics
-    from cspnet.detection.training import load_trained_detector
-    from cspnet.detection.training.module import EVAL_CANDIDATES, split_targets
-    from cspnet.ops.postprocess import detections
-
-    _check_thresholds(args.conf, args.iou)
-    trained = load_trained_detector(args.checkpoint, ema=args.ema)
-    dataset: Any
-    if args.data == "digits":
-        dataset = digits_detection_split(trained.img_size)[1]
-    else:
-        dataset = DetectionImages(read_detection_source(args.data, "val", args.images), trained.img_size,
-                                  classes=trained.class_names)  # fmt: skip
-    truth, found = [], []
-    with torch.inference_mode():
-        for images, targets in DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                                          collate_fn=collate_detection):  # fmt: skip
-            boxes, scores = trained.model.decode(trained.model(images.float() / 255.0))
-            found += detections(boxes, scores, (images.shape[-2], images.shape[-1]), args.conf, args.iou, 100,
-                                EVAL_CANDIDATES)  # fmt: skip
-            truth += split_targets(targets, images.shape[0])
-    metrics = coco_metrics(truth, found, trained.class_names)
-    result = {"checkpoint": str(args.checkpoint), "model": trained.name, "images": len(truth), **metrics}
-    out = Path(args.output) if args.output else Path(args.checkpoint).parent
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "val.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    print(f"{trained.name} on {len(truth)} images: mAP {_fmt(metrics['map'])}  mAP@.5 {_fmt(metrics['map50'])}  "
-          f"mAP@.75 {_fmt(metrics['map75'])}  AR@100 {_fmt(metrics['mar100'])}  ({out / 'val.json'})")  # fmt: skip
+    if args.workers < 0:
+        raise CLIError(f"--workers {args.workers} is invalid: expected 0 or more")
+    out = _output_folder(args.output, args.checkpoint)
+    trained = _load(args.checkpoint, ema=args.ema)
+    run = DetectionTrainConfig.from_dict(trained.train_config) if trained.train_config else DetectionTrainConfig()
+    conf = args.conf if args.conf is not None else run.eval_conf
+    iou = args.iou if args.iou is not None else run.eval_iou
+    dataset = evaluation_set("detection", trained.train_config, trained.img_size, trained.class_names, args.data,
+                             args.images)  # fmt: skip
+    result = evaluate_detector(trained.model, dataset, trained.class_names, conf, iou, run.max_detections,
+                               args.batch_size, args.workers)  # fmt: skip
+    if not result.images:
+        raise CLIError(f"none of the {result.skipped} image(s) could be decoded")
+    data = args.data if args.data is not None else f"{trained.train_config.get('data', 'digits')} (the run's validation split)"
+    metrics = result.metrics
+    summary = {"checkpoint": str(args.checkpoint), "model": trained.name, "data": data, "weights": trained.weights,
+               "conf": conf, "iou": iou, "images": result.images, "skipped_images": result.skipped, **metrics}  # fmt: skip
+    atomic_write_text(out / "val.json", dumps_json(summary))
+    note = f"  ({result.skipped} undecodable image(s) left out)" if result.skipped else ""
+    print(f"{trained.name} on {result.images} images of {data}: mAP {_fmt(metrics['map'])}  mAP@.5 "
+          f"{_fmt(metrics['map50'])}  mAP@.75 {_fmt(metrics['map75'])}  AR@100 {_fmt(metrics['mar100'])}  "
+          f"({out / 'val.json'}){note}")  # fmt: skip
     return 0
 
 
@@ -189,9 +143,9 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("predict", help="detect objects in images; PNGs with boxes drawn and a COCO-results JSON")
     p.add_argument("images", nargs="+", metavar="IMAGE|FOLDER", help="image files or folders of images")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="last.ckpt / best.ckpt of `cspnet detect train`")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--max-detections", type=int, default=100)
+    p.add_argument("--conf", type=_fraction, default=0.25, help="score threshold (default 0.25)")
+    p.add_argument("--iou", type=_fraction, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--max-detections", type=positive_int, default=100)
     p.add_argument("--output", default="runs/detect-predict", metavar="DIR",
                    help="where <image>.png and results.json go (default runs/detect-predict)")
     p.set_defaults(func=run_predict)
@@ -214,6 +168,29 @@ def _image_files(items: list[str]) -> list[Path]:
         else:
             raise FileNotFoundError(f"image not found: {path}")
     return files
+
+
+def output_names(files: list[Path], out: Path) -> list[Path]:
+    """``out/<stem>.png`` for each input (a repeated stem gets ``_`` appended); ``ValueError`` when one would
+    overwrite an input image (``detect predict DIR --output DIR``).
+
+    >>> [p.name for p in output_names([Path("a/x.jpg"), Path("b/x.jpg")], Path("out"))]
+    ['x.png', 'x_.png']
+    """
+    inputs = {path.resolve() for path in files}
+    names: list[Path] = []
+    used: set[str] = set()
+    for path in files:
+        stem = path.stem
+        while stem in used:  # two inputs with one name (from different folders)
+            stem += "_"
+        used.add(stem)
+        target = out / f"{stem}.png"
+        if target.resolve() in inputs:
+            raise ValueError(f"--output {out}: writing {target} would overwrite the input image {target}; "
+                             "choose another --output folder")  # fmt: skip
+        names.append(target)
+    return names
 
 
 def draw_detections(image: object, boxes: list[list[float]], labels: list[str], scores: list[float]) -> object:
@@ -240,42 +217,34 @@ def draw_detections(image: object, boxes: list[list[float]], labels: list[str], 
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
     from cspnet.cli.main import CLIError
     from cspnet.detection.data import letterbox_image, open_image
-    from cspnet.detection.training import load_trained_detector
+    from cspnet.io import atomic_path, atomic_write_text, dumps_json
     from cspnet.ops.postprocess import detections
 
-    _check_thresholds(args.conf, args.iou)
-    if args.max_detections < 1:
-        raise CLIError(f"--max-detections {args.max_detections} is invalid: expected a positive integer")
     files = _image_files(args.images)
-    trained = load_trained_detector(args.checkpoint)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(args.output, args.output)
+    targets = output_names(files, out)
+    trained = _load(args.checkpoint)
+    size = trained.img_size
     results, failed = [], []
-    used_names: set[str] = set()
-    for image_id, path in enumerate(files):
+    for image_id, (path, target) in enumerate(zip(files, targets)):
         try:
             image = open_image(path)
-        except ValueError:
-            failed.append(str(path))
+        except ValueError as exc:
+            failed.append(f"{path} ({exc})")
             continue
-        x, lb = letterbox_image(image, trained.img_size)
+        x, lb = letterbox_image(image, size)
         with torch.inference_mode():
             boxes, scores = trained.model.decode(trained.model(x[None].float() / 255.0))
-        found = detections(boxes, scores, (trained.img_size, trained.img_size), args.conf, args.iou, args.max_detections)[0]
+        found = detections(boxes, scores, (size, size), args.conf, args.iou, args.max_detections)[0]
         on_image = lb.to_image(found["boxes"]).tolist()
         names = [trained.class_names[int(k)] for k in found["labels"]]
         scores_list = [float(s) for s in found["scores"]]
-        stem = path.stem
-        while stem in used_names:  # two inputs with one name (from different folders)
-            stem += "_"
-        used_names.add(stem)
-        draw_detections(image, on_image, names, scores_list).save(out / f"{stem}.png")  # type: ignore[attr-defined]
+        with atomic_path(target) as tmp:
+            draw_detections(image, on_image, names, scores_list).save(tmp, format="PNG")  # type: ignore[attr-defined]
         for box, label, score in zip(on_image, found["labels"].tolist(), scores_list):
             results.append({"image_id": image_id, "file_name": str(path), "category_id": int(label),
                             "category": trained.class_names[int(label)],
@@ -285,9 +254,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if len(failed) == len(files):
         raise CLIError(f"none of the {len(files)} image(s) can be read (first: {failed[0]})")
     if failed:
-        print(f"cspnet detect predict: warning: skipped {len(failed)} unreadable image(s): {', '.join(failed[:3])}",
+        print(f"cspnet detect predict: warning: skipped {len(failed)} unreadable image(s): {'; '.join(failed[:3])}",
               file=sys.stderr)  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / "results.json", dumps_json(results, indent=1))
     print(f"{len(files) - len(failed)} image(s) -> {out} (results.json: COCO results, boxes in image pixels)")
     return 0
 
@@ -297,42 +266,45 @@ def _add_export(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("export", help="a detector as ONNX (dynamic batch, decoding inside, NMS optional)")
     p.add_argument("model", nargs="?", help="registered detector; optional with a `detect train` checkpoint")
     p.add_argument("--checkpoint", metavar="FILE", help="a `cspnet detect train` checkpoint")
-    p.add_argument("--num-classes", type=int, help="classes of a MODEL exported without a checkpoint (default 80)")
+    p.add_argument("--num-classes", type=positive_int, help="classes of a MODEL exported without a checkpoint (default 80)")
     p.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--img-size", type=int, help="input side (default: the checkpoint's, else the model's)")
     p.add_argument("--nms", action="store_true", help="add ONNX NonMaxSuppression: output detections (M, 7)")
-    p.add_argument("--conf", type=float, default=0.25, help="NMS score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--max-detections", type=int, default=100, help="per image and class (default 100)")
+    p.add_argument("--conf", type=_fraction, default=0.25, help="NMS score threshold (default 0.25)")
+    p.add_argument("--iou", type=_fraction, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--max-detections", type=positive_int, default=100, help="per image and class (default 100)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative difference from PyTorch")
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from cspnet import create_model, get_model_entry
     from cspnet.cli.main import CLIError
+    from cspnet.data.transforms import check_img_size
     from cspnet.detection.export import export_detector_onnx
-    from cspnet.detection.training import load_trained_detector
-    from cspnet.models.detectors.model import Detector
+    from cspnet.io import atomic_path, check_output_file
+    from cspnet.models import create_model, get_model_entry
 
-    _check_thresholds(args.conf, args.iou)
+    if args.img_size is not None:
+        check_img_size(args.img_size)  # the range before building anything; the stride below
+    output = check_output_file(args.output)
     if args.checkpoint:
-        trained = load_trained_detector(args.checkpoint, expected_model=args.model)
+        trained = _load(args.checkpoint, expected_model=args.model)
         model, size = trained.model, trained.img_size
     elif args.model:
         if get_model_entry(args.model).task != "detection":
-            raise CLIError(f"{args.model} is not a detector (`cspnet models '*_efm'` lists some)")
-        built = create_model(args.model, num_classes=args.num_classes or 80)
-        assert isinstance(built, Detector)
-        model, size = built.eval(), get_model_entry(args.model).input_size[-1]
+            raise CLIError(f"{args.model} is not a detector (`cspnet models --task detection` lists them)")
+        model, size = create_model(args.model, num_classes=args.num_classes or 80).eval(), None
+        model.name = args.model
+        size = get_model_entry(args.model).input_size[-1]
     else:
         raise CLIError("name a detector or give --checkpoint (a `cspnet detect train` checkpoint)")
     size = args.img_size or size
-    if size < model.max_stride:
-        raise CLIError(f"--img-size {size} is invalid: at least the detector's stride {model.max_stride}")
-    result = export_detector_onnx(model, args.output, size, args.nms, args.conf, args.iou, args.max_detections)
+    check_img_size(size, model)
+    with atomic_path(output) as tmp:  # written only once it passed its check
+        result = export_detector_onnx(model, tmp, size, args.nms, args.conf, args.iou, args.max_detections)
+        if not result.max_rel_diff <= args.tolerance:
+            raise CLIError(f"{output} was not written: the exported graph does not reproduce PyTorch (relative "
+                           f"difference {result.max_rel_diff:.3g} exceeds --tolerance {args.tolerance:g})")  # fmt: skip
+    result.path = output
     print(result.summary())
-    if not result.max_rel_diff <= args.tolerance:
-        raise CLIError(f"{result.path} does not reproduce PyTorch: relative difference {result.max_rel_diff:.3g} "
-                       f"exceeds {args.tolerance:g}")  # fmt: skip
     return 0

@@ -29,7 +29,8 @@ MAX_IMG_SIZE = 4096
 
 
 def check_img_size(size: Any, model: nn.Module | None = None, what: str = "--img-size") -> None:
-    """Raise ``ValueError`` unless ``size`` is an integer side from the model's stride to :data:`MAX_IMG_SIZE`.
+    """Raise ``ValueError`` unless ``size`` is an integer side from the model's stride to :data:`MAX_IMG_SIZE`
+    and, for a detector (``model.max_stride``: its neck joins maps of three strides), a multiple of that stride.
 
     >>> check_img_size(100000)
     Traceback (most recent call last):
@@ -42,11 +43,19 @@ def check_img_size(size: Any, model: nn.Module | None = None, what: str = "--img
         raise ValueError(f"{what} {size} is invalid: expected a positive integer")
     if size > MAX_IMG_SIZE:
         raise ValueError(f"{what} {size} is too large: at most {MAX_IMG_SIZE}")
+    if model is None:
+        return
+    name = getattr(model, "name", "") or type(model).__name__
+    multiple = getattr(model, "max_stride", None)
+    if isinstance(multiple, int) and size % multiple:
+        below, above = size // multiple * multiple, -(-size // multiple) * multiple
+        hint = f"{below} or {above}" if below else str(above)
+        raise ValueError(f"{what} {size} is invalid for {name}: a detector's input side is a multiple of its "
+                         f"stride {multiple} (e.g. {hint})")  # fmt: skip
     info = getattr(model, "feature_info", None)
-    if model is not None and info:
+    if info:
         stride = max(f["reduction"] for f in info)
         if size < stride:
-            name = getattr(model, "name", "") or type(model).__name__
             raise ValueError(
                 f"{what} {size} is too small for {name}: its feature map would vanish "
                 f"(total stride {stride}); use at least {stride}"

@@ -1,42 +1,30 @@
-"""The LightningDataModule: digits or an image folder, a resumable seeded sampler, plain loaders."""
+"""The LightningDataModule of every task: the task's data sets, a resumable seeded sampler, the task's collate."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from cspnet.data import ResumableSampler, load_digits_split, load_folder_split
-from cspnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from cspnet.training.config import TrainConfig
+from cspnet.data import ResumableSampler
+from cspnet.training.config import RunConfig
 
 DIGITS_MEAN = (0.19, 0.19, 0.19)  # measured on the 16x16 digits; the ink is sparse
 DIGITS_STD = (0.33, 0.33, 0.33)
 
 
-class LabelledImages(Protocol):
+class Examples(Protocol):
     """What training needs of a data set: sized, indexable, with class names."""
 
     classes: list[str]
 
     def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> tuple[Any, int]: ...
-
-
-def load_datasets(cfg: TrainConfig) -> tuple[LabelledImages, LabelledImages]:
-    crop_pct = cfg.crop_pct if cfg.crop_pct is not None else 1.0  # resolved configs always have one
-    pair: tuple[Any, Any] = (load_digits_split(cfg.side, crop_pct=crop_pct) if cfg.is_digits else
-                             load_folder_split(cfg.data, cfg.side, cfg.val_fraction, seed=0, crop_pct=crop_pct))  # fmt: skip
-    return cast(LabelledImages, pair[0]), cast(LabelledImages, pair[1])
-
-
-def normalization(cfg: TrainConfig) -> tuple[list[float], list[float]]:
-    mean, std = (DIGITS_MEAN, DIGITS_STD) if cfg.is_digits else (IMAGENET_MEAN, IMAGENET_STD)
-    return list(mean), list(std)
+    def __getitem__(self, index: int) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -73,18 +61,20 @@ def steps_per_epoch(num_train: int, batch_size: int, world_size: int) -> int:
     return Batching.of(num_train, batch_size, world_size).steps
 
 
-class ImageDataModule(L.LightningDataModule):
-    """Serves the training split in a seeded order per epoch, resumable mid-epoch.
+class RunDataModule(L.LightningDataModule):
+    """Serves a task's training split in a seeded order per epoch, resumable mid-epoch.
 
     ``resume_position`` (set from the checkpoint by the training module) makes the first epoch
-    after a resume skip the batches the interrupted run had already trained on.
+    after a resume skip the batches the interrupted run had already trained on. ``collate`` is the
+    task's ``collate_fn`` (``None``: PyTorch's default).
     """
 
-    def __init__(self, cfg: TrainConfig, train: LabelledImages, val: LabelledImages) -> None:
+    def __init__(self, cfg: RunConfig, train: Examples, val: Examples,
+                 collate: Callable[[Sequence[Any]], Any] | None = None) -> None:  # fmt: skip
         super().__init__()
-        self.cfg, self.train_set, self.val_set = cfg, train, val
+        self.cfg, self.train_set, self.val_set, self.collate = cfg, train, val, collate
 
-    def _loader(self, dataset: LabelledImages, sampler: Any, batch_size: int, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: Examples, sampler: Any, batch_size: int, drop_last: bool) -> DataLoader:
         workers = self.cfg.workers or 0
         return DataLoader(
             cast(Dataset, dataset),
@@ -93,6 +83,7 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=workers,
             drop_last=drop_last,
             persistent_workers=workers > 0,
+            collate_fn=self.collate,
         )
 
     def _trainer(self) -> L.Trainer:
@@ -112,10 +103,13 @@ class ImageDataModule(L.LightningDataModule):
         position = getattr(trainer.lightning_module, "resume_position", None)
         if position:
             sampler.skip(position["epoch"], position["batches"] * batching.batch_size)
+            # A run resumed mid-epoch may draw its first iterator before Lightning's set_epoch: give the
+            # sampler the epoch now, or it would serve epoch 0's order without the skip.
+            sampler.set_epoch(position["epoch"])
         return self._loader(self.train_set, sampler, batching.batch_size, batching.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         trainer = self._trainer()
         # Padding would count some images twice; the val set is split without padding instead.
         indices = list(range(trainer.global_rank, len(self.val_set), trainer.world_size))
-        return self._loader(self.val_set, indices, self.cfg.batch_size, drop_last=False)
+        return self._loader(self.val_set, indices, max(1, min(self.cfg.batch_size, len(indices))), drop_last=False)

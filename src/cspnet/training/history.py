@@ -19,8 +19,6 @@ import lightning as L
 
 from cspnet.training.files import atomic_write_bytes
 
-HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "elapsed_s")
-
 
 def read_history(path: str | Path) -> list[dict[str, str]]:
     """The rows of a ``history.csv`` as strings (an absent file has none)."""
@@ -30,7 +28,7 @@ def read_history(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def write_history(path: str | Path, rows: list[dict[str, Any]], fields: tuple[str, ...] = HISTORY_FIELDS) -> None:
+def write_history(path: str | Path, rows: list[dict[str, Any]], fields: tuple[str, ...]) -> None:
     """Write ``rows`` as ``history.csv`` with columns ``fields``, replacing the file atomically."""
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
@@ -48,16 +46,16 @@ def _num(value: Any) -> float | None:
 
 
 class History(L.Callback):
-    """Keeps one row per epoch (rank 0 writes ``history.csv``) and prints a one-line summary.
+    """Keeps one row per epoch (rank 0 writes ``history.csv``) and prints the task's one-line summary.
 
-    Put it before :class:`~cspnet.training.callbacks.RunCheckpoints` in the trainer's callbacks:
-    the epoch-end checkpoint must already hold this epoch's row.
+    The columns are the task's validation metrics (:attr:`~cspnet.training.tasks.Task.val_metrics`,
+    logged as ``val/<name>``, written as ``val_<name>``). Put it before
+    :class:`~cspnet.training.callbacks.RunCheckpoints` in the trainer's callbacks: the epoch-end
+    checkpoint must already hold this epoch's row.
     """
 
-    VAL_METRICS: tuple[str, ...] = ("loss", "top1", "top5")  # logged as val/<name>, columns val_<name>
-
-    def __init__(self, path: Path, verbose: bool = True) -> None:
-        self.path, self.verbose = Path(path), verbose
+    def __init__(self, path: Path, task: Any, verbose: bool = True) -> None:
+        self.path, self.task, self.verbose = Path(path), task, verbose
         self.rows: list[dict[str, Any]] = []
         self.start = time.perf_counter()
         self.elapsed_before = 0.0  # training time of the interrupted run(s), restored on resume
@@ -74,27 +72,19 @@ class History(L.Callback):
             return
         m = trainer.callback_metrics
         row: dict[str, Any] = {"epoch": trainer.current_epoch + 1, "train_loss": _num(m.get("train/loss"))}
-        row.update({f"val_{name}": _num(m.get(f"val/{name}")) for name in self.VAL_METRICS})
+        row.update({f"val_{name}": _num(m.get(f"val/{name}")) for name in self.task.val_metrics})
         row.update({"lr": _num(m.get("lr")), "elapsed_s": round(self.elapsed(), 1)})
         self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
         if not trainer.is_global_zero:
             return
         write_history(self.path, self.rows, self.fields)
         if self.verbose:
-            print(self.summary(row, trainer.max_epochs), flush=True)
+            print(self.task.epoch_summary(row, trainer.max_epochs), flush=True)
 
     @property
     def fields(self) -> tuple[str, ...]:
         """The columns of ``history.csv``."""
-        return ("epoch", "train_loss", *(f"val_{name}" for name in self.VAL_METRICS), "lr", "elapsed_s")
-
-    def summary(self, row: dict[str, Any], max_epochs: int | None) -> str:
-        """The line printed after each epoch."""
-        return (
-            f"epoch {row['epoch']}/{max_epochs}: train loss {_fmt(row['train_loss'], '.4f')}  "
-            f"val loss {_fmt(row['val_loss'], '.4f')}  top1 {_fmt(row['val_top1'], '.2f')}%  "
-            f"top5 {_fmt(row['val_top5'], '.2f')}%  ({row['elapsed_s']:.0f}s)"
-        )
+        return ("epoch", "train_loss", *(f"val_{name}" for name in self.task.val_metrics), "lr", "elapsed_s")
 
     def state_dict(self) -> dict[str, Any]:
         return {"elapsed": self.elapsed(), "rows": self.rows}
@@ -103,7 +93,3 @@ class History(L.Callback):
         self.elapsed_before = float(state.get("elapsed", 0.0))
         self.start = time.perf_counter()
         self.rows = list(state.get("rows", []))
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)

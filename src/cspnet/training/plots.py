@@ -6,7 +6,10 @@ Drawn on :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas, n
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,24 +22,39 @@ def _figure(width: float, height: float):  # -> matplotlib.figure.Figure (import
     return Figure(figsize=(width, height))
 
 
-def plot_history(history_csv: Path, out_png: Path) -> None:
-    """Loss and top-1 per epoch, side by side; nothing is written for an empty history."""
+def plot_history(history_csv: Path, out_png: Path, panels: Sequence[Any]) -> None:
+    """The learning curves: one subplot per :class:`~cspnet.training.tasks.Panel` (``history.csv``
+    columns against the epoch); nothing is written for an empty history.
+
+    A panel without fixed limits whose values span more than two decades (a first-epoch validation
+    loss of 2e7 beside later ones near 5) is drawn on a log scale, so that every point stays readable.
+    """
     rows = read_history(history_csv)
     if not rows:
         return
     epochs = [int(r["epoch"]) for r in rows]
-    fig = _figure(10, 4)
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o", label="train (last batch)")
-    ax_loss.plot(epochs, [float(r["val_loss"]) for r in rows], marker="o", label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_loss.legend()
-    ax_acc.plot(epochs, [float(r["val_top1"]) for r in rows], marker="o", label="top-1")
-    ax_acc.plot(epochs, [float(r["val_top5"]) for r in rows], marker="o", label="top-5")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
-    ax_acc.legend()
+    fig = _figure(5 * len(panels), 4)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        shown: list[float] = []
+        for column, label in panel.series:
+            values = [_cell(r.get(column)) for r in rows]
+            ax.plot(epochs, values, marker="o", label=label)
+            shown += [v for v in values if math.isfinite(v)]
+        ax.set(xlabel="epoch", ylabel=panel.ylabel, title=panel.title)
+        if panel.ylim is not None:
+            ax.set_ylim(*panel.ylim)
+        elif shown and min(shown) > 0 and max(shown) / min(shown) > 100:
+            ax.set_yscale("log")
+            ax.set_title(f"{panel.title} (log scale)")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
+
+
+def _cell(text: str | None) -> float:
+    """A ``history.csv`` cell as a number (an empty cell, a metric that was not finite: NaN, a gap)."""
+    return float(text) if text not in (None, "") else float("nan")
 
 
 def plot_confusion_matrix(confusion: torch.Tensor, class_names: list[str], out_png: Path) -> None:

@@ -1,11 +1,13 @@
-"""What every training module of the project shares, so that exact resume is written once.
+"""What every task's training module shares, so that exact resume and its guarantees are written once.
 
-:class:`ResumableModule` holds the optimizer and the warm-up + cosine schedule, the EMA (updated in
-``optimizer_step``), the per-step seeding, fine-tuning from a file, and the checkpoint contents that
-make a run resumable from any step: the data position for :class:`~cspnet.data.ResumableSampler`,
-the epoch's running training loss and the EMA. The classifier
+:class:`ResumableModule` builds the model from the registry (with the run's memory options), holds
+the optimizer and the warm-up + cosine schedule, the EMA (updated in ``optimizer_step``), the
+per-step seeding, fine-tuning from a file, the stop on a non-finite loss, and the checkpoint
+contents that make a run resumable from any step: the data position for
+:class:`~cspnet.data.ResumableSampler`, the epoch's running training loss, the EMA, the task and
+what inference needs (model, classes, input size, normalisation). The classifier
 (:class:`~cspnet.training.module.ClassifierModule`) and the detector
-(:class:`~cspnet.detection.training.module.DetectorModule`) add their loss, metrics and inputs.
+(:class:`~cspnet.training.detection_module.DetectorModule`) add their loss, metrics and inputs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 import torchmetrics
+from torch import Tensor
 
 from cspnet.training.ema import ModelEma
 from cspnet.training.schedule import WarmupCosine
@@ -27,24 +30,57 @@ log = logging.getLogger(__name__)
 _SEED_STRIDE = 1_000_003
 
 
-class ResumableModule(L.LightningModule):
-    """The shared part of a training module; a subclass sets ``cfg`` (a resolved training config),
-    ``model``, ``steps_per_epoch`` and then calls :meth:`init_training_state`.
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite: the run stops, and its last checkpoint (written before) stays as it was."""
 
-    ``CHECKPOINT_KEYS``: the hyper-parameters also written at the top level of every checkpoint,
-    so that it is readable without Lightning.
+
+class ResumableModule(L.LightningModule):
+    """The shared part of a task's training module: it builds ``cspnet.create_model(model_name,
+    num_classes, **model_overrides)`` and everything around it; a subclass adds its loss and metrics.
+
+    Hyper-parameters (saved in every checkpoint, so inference needs nothing else): ``model_name``,
+    ``model_overrides``, ``num_classes``, ``class_names``, ``img_size``, ``mean``, ``std`` (the input
+    normalisation of pixels in [0, 1]) and the whole resolved ``train_config``. ``CHECKPOINT_KEYS``
+    are also written at the top level of every checkpoint, with ``task``, so that it is readable
+    without Lightning (:mod:`cspnet.trained`).
+
+    Randomness (augmentation, mixup, dropout) is re-seeded from ``(seed, global step, rank)`` at
+    every step, so a run resumed from a mid-epoch checkpoint draws exactly what an uninterrupted
+    run would.
     """
 
-    CHECKPOINT_KEYS: tuple[str, ...] = ("model_name", "model_overrides", "num_classes", "class_names", "img_size")
+    TASK: str = ""  # the task name (cspnet.training.tasks), recorded in every checkpoint
+    CHECKPOINT_KEYS: tuple[str, ...] = ("model_name", "model_overrides", "num_classes", "class_names", "img_size",
+                                        "mean", "std")  # fmt: skip
     cfg: Any
-    model: torch.nn.Module
-    steps_per_epoch: int
 
-    def init_training_state(self) -> None:
-        """The EMA (when enabled) and the running training loss; call once ``cfg`` and ``model`` are set."""
+    def __init__(self, model_name: str, model_overrides: dict[str, Any], num_classes: int, class_names: list[str],
+                 img_size: int, mean: list[float], std: list[float], train_config: dict[str, Any],
+                 steps_per_epoch: int) -> None:  # fmt: skip
+        super().__init__()
+        self.save_hyperparameters()
+        from cspnet.data.transforms import Normalize
+        from cspnet.models import create_model
+        from cspnet.training.tasks import get_task
+
+        self.cfg = get_task(self.TASK).config_class.from_dict(train_config)
+        model = create_model(model_name, num_classes=num_classes, **model_overrides)
+        if self.cfg.grad_checkpointing:
+            model.set_grad_checkpointing(True)  # type: ignore[operator]
+        if self.cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = model
+        self.normalize = Normalize(mean, std)
+        self.steps_per_epoch = steps_per_epoch
         self.ema = ModelEma(self.model, self.cfg.ema_decay) if self.cfg.ema else None
         self.train_loss = torchmetrics.MeanMetric()
         self.resume_position: dict[str, int] | None = None
+
+    def model_input(self, images: Tensor) -> Tensor:
+        """uint8 images or ``[0, 1]`` floats ``(N, C, H, W)`` -> the model's normalised input (in the run's
+        memory format)."""
+        x = self.normalize(images)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def inference_model(self) -> torch.nn.Module:
         """The weights to evaluate and ship: the EMA when enabled, else the trained model."""
@@ -86,6 +122,22 @@ class ResumableModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update(self.model)
 
+    def on_before_backward(self, loss: Tensor) -> None:
+        # Every process takes the same decision (one of them diverging would leave the others waiting).
+        diverged = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss.detach())), all=False)
+        if diverged:
+            raise TrainingDiverged(self._diverged_message(f"the training loss became {float(loss.detach())}"))
+
+    def check_finite_validation(self, loss: Tensor) -> None:
+        """Stop the run when the validation loss is not finite (before this epoch's checkpoint is written)."""
+        if not bool(torch.isfinite(loss)):
+            raise TrainingDiverged(self._diverged_message(f"the validation loss became {float(loss)}"))
+
+    def _diverged_message(self, what: str) -> str:
+        epoch = self.current_epoch + 1
+        return (f"training stopped at epoch {epoch}, step {self.global_step}: {what}; the run diverged (a lower "
+                f"--lr or --weight-decay may help). Its last checkpoint, written before, is kept")  # fmt: skip
+
     def on_train_epoch_end(self) -> None:
         self.log("train/epoch_loss", self.train_loss.compute(), sync_dist=True)
         self.train_loss.reset()
@@ -116,6 +168,7 @@ class ResumableModule(L.LightningModule):
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["task"] = self.TASK
         if self.ema is not None:
             checkpoint["ema_state_dict"] = self.ema.state_dict()
         # Where the data stands: batches of this epoch already trained (see ResumableSampler).

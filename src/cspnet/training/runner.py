@@ -1,10 +1,15 @@
-"""``fit``: one training run from a :class:`TrainConfig`, in named steps.
+"""``fit``: one training run of any task from its config (:class:`~cspnet.training.config.RunConfig`), in named steps.
 
-1. :func:`plan_run` validates the settings, checks the run folder (writable, a run to resume or an
-   empty one) and, on ``resume``, restores the run's own settings from its checkpoint.
+The task (:mod:`cspnet.training.tasks`: classification, detection) supplies its data, module and
+metrics; every step below is the same code for every task.
+
+1. :func:`plan_run` validates the settings and the model, checks the run folder (writable, a run
+   to resume or an empty one, not in use by another run) and, on ``resume``, restores the run's own
+   settings from its checkpoint.
 2. :func:`distributed_layout` reads how many processes and machines take part (torchrun or flags).
 3. :func:`build_trainer` makes the Lightning trainer with the run's callbacks.
-4. :func:`run_training` runs it, with Ctrl-C made resumable and known notices filtered.
+4. :func:`run_training` runs it, with Ctrl-C and SIGTERM made resumable and known notices filtered;
+   a non-finite loss stops it (:class:`~cspnet.training.resumable.TrainingDiverged`).
 5. :func:`final_metrics` and :func:`write_reports` produce ``metrics.json`` and the learning curves.
 
 ``load_trained`` (a model back from a checkpoint) lives in :mod:`cspnet.trained`.
@@ -14,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import math
 import os
 import signal
 import threading
@@ -25,44 +28,16 @@ import warnings
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import torch
-from torch import nn
 
-from cspnet.training.config import RESUME_MAY_CHANGE, TrainConfig
+from cspnet.training.config import RESUME_MAY_CHANGE, RunConfig
+from cspnet.training.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
-
-
-class ResumableConfig(Protocol):
-    """What resuming needs of a run's config (:class:`TrainConfig`, ``DetectionTrainConfig``)."""
-
-    epochs: int
-    output: str
-    resume: bool
-
-    def validate(self) -> None: ...
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Any: ...
-
-
-_Config = TypeVar("_Config", bound=ResumableConfig)
-
-
-def check_img_size(model: nn.Module, img_size: int) -> None:
-    """Reject a side the network cannot take: non-positive, or smaller than its total stride."""
-    if img_size < 1:
-        raise ValueError(f"--img-size {img_size} is invalid: expected a positive integer")
-    feature_info: Any = model.feature_info  # every registered model has one
-    stride = max(int(f["reduction"]) for f in feature_info)
-    if img_size < stride:
-        raise ValueError(
-            f"--img-size {img_size} is too small for {model.name}: its feature map would vanish "
-            f"(total stride {stride}); use at least {stride}"
-        )
+_Config = TypeVar("_Config", bound=RunConfig)
 
 
 @dataclass
@@ -78,8 +53,8 @@ def explicit_fields(config: Any) -> set[str]:
     return {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(default, f.name)}
 
 
-def read_resume_checkpoint(path: Path, task: str | None = None, command: str = "cspnet train") -> dict[str, Any]:
-    """The ``last.ckpt`` of a run, checked to be a whole training checkpoint (of ``task``, when given)."""
+def read_resume_checkpoint(path: Path, task: str, command: str) -> dict[str, Any]:
+    """The ``last.ckpt`` of a run, checked to be a whole training checkpoint of ``task``."""
     if path.stat().st_size == 0:
         raise ValueError(f"--resume: {path} is empty (a write was cut off); remove it to start the run afresh")
     try:
@@ -90,17 +65,27 @@ def read_resume_checkpoint(path: Path, task: str | None = None, command: str = "
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or not isinstance(hparams.get("train_config"), dict) or "loops" not in ckpt:
         raise ValueError(f"--resume: {path} is not a `{command}` checkpoint (no training state in it)")
-    if task is not None and ckpt.get("task", "classification") != task:
-        raise ValueError(f"--resume: {path} is not a `{command}` checkpoint (it is a {ckpt.get('task', 'classification')} run)")
+    if ckpt.get("task", "classification") != task:  # checkpoints before the task key were classification runs
+        raise ValueError(f"--resume: {path} is not a `{command}` checkpoint (it is a {ckpt.get('task')} run)")
     return ckpt
 
 
 def epochs_done(ckpt: dict[str, Any]) -> int:
     """Epochs a checkpointed run has finished (trained and validated): its last history row."""
+    from cspnet.training.history import History
+
     for key, state in ckpt.get("callbacks", {}).items():
-        if str(key).startswith("History") and state.get("rows"):
+        if str(key).startswith(History.__name__) and isinstance(state, dict) and state.get("rows"):
             return max(int(row["epoch"]) for row in state["rows"])
     return 0
+
+
+def resume_point(ckpt: dict[str, Any]) -> str:
+    """Where a checkpointed run continues: ``"epoch 3 (batch 5 of it), step 45"``."""
+    position = ckpt.get("cspnet_position") or {}
+    epoch, batches = int(position.get("epoch", ckpt.get("epoch", 0))), int(position.get("batches", 0))
+    within = f" (after its batch {batches})" if batches else ""
+    return f"epoch {epoch + 1}{within}, step {int(ckpt.get('global_step', 0))}"
 
 
 def restore_run_config(config: _Config, saved: _Config, given: Collection[str],
@@ -118,7 +103,7 @@ def restore_run_config(config: _Config, saved: _Config, given: Collection[str],
         raise ValueError(f"--resume: {'; '.join(conflicts)}: a resumed run keeps its settings; "
                          "drop these flags or start a new run in another --output")  # fmt: skip
     changes = {name: getattr(config, name) for name in given if name in may_change}
-    restored: _Config = dataclasses.replace(saved, **{**changes, "resume": True, "output": config.output})  # type: ignore[type-var]
+    restored: _Config = dataclasses.replace(saved, **{**changes, "resume": True, "output": config.output})
     if restored.epochs != saved.epochs:  # resume takes effect on the LR schedule in ResumableModule
         log.warning("--resume: training for %d epochs instead of %d; the learning-rate schedule is stretched "
                     "to the new end", restored.epochs, saved.epochs)  # fmt: skip
@@ -137,20 +122,21 @@ def resumed_config(config: _Config, ckpt: dict[str, Any], given: Collection[str]
     return config
 
 
-def run_settings(config: _Config, given: Collection[str] | None, task: str, command: str,
-                 may_change: Collection[str] = RESUME_MAY_CHANGE) -> _Config:  # fmt: skip
-    """The validated settings of the run in ``config.output``: ``config`` for a new run (in an
-    empty folder), the checkpoint's own with the allowed changes for ``--resume``."""
+def run_settings(config: _Config, given: Collection[str] | None,
+                 may_change: Collection[str] = RESUME_MAY_CHANGE) -> tuple[_Config, dict[str, Any] | None]:  # fmt: skip
+    """The validated settings of the run in ``config.output`` and, for ``--resume``, its checkpoint:
+    ``config`` for a new run (in an empty folder), the checkpoint's own with the allowed changes for ``--resume``."""
     config.validate()
     out = Path(config.output)
     last = out / "last.ckpt"
     if config.resume:
         if not last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
-        return resumed_config(config, read_resume_checkpoint(last, task, command), given, may_change)
+        ckpt = read_resume_checkpoint(last, config.task, config.command)
+        return resumed_config(config, ckpt, given, may_change), ckpt
     if last.is_file():
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
-    return config
+    return config, None
 
 
 def prepare_run_folder(out: Path) -> None:
@@ -164,26 +150,31 @@ def prepare_run_folder(out: Path) -> None:
 
 @dataclass
 class RunPlan:
-    config: TrainConfig  # resolved: every None default filled in
+    task: Task
+    config: RunConfig  # resolved: every None default filled in
     output: Path
     resume_from: Path | None
+    resume_point: str | None = None  # where a resumed run continues, as the user reads it
 
 
-def plan_run(config: TrainConfig, given: Collection[str] | None = None) -> RunPlan:
-    """Validate ``config`` and the run folder; on ``resume``, the settings come from the checkpoint."""
-    from cspnet import create_model, get_model_entry
+def plan_run(config: RunConfig, given: Collection[str] | None = None) -> RunPlan:
+    """Validate ``config`` and its model, then the run folder; on ``resume``, the settings come from the
+    checkpoint. The model is built on the meta device (no weights) to check its overrides and the input side."""
+    from cspnet.data.transforms import check_img_size
+    from cspnet.models import create_model, get_model_entry
 
-    config = run_settings(config, given, "classification", "cspnet train")
+    config, ckpt = run_settings(config, given)
     out = Path(config.output)
     cfg = config.resolved(get_model_entry(config.model).input_size[-1])
     with torch.device("meta"):  # validates the overrides and the size without building weights
-        check_img_size(create_model(cfg.model, num_classes=10, **cfg.model_overrides), cfg.side)
+        check_img_size(cfg.side, create_model(cfg.model, num_classes=10, **cfg.model_overrides))
     _warn_if_bf16_is_emulated(cfg)
     prepare_run_folder(out)
-    return RunPlan(cfg, out, out / "last.ckpt" if cfg.resume else None)
+    resume_from = out / "last.ckpt" if ckpt is not None else None
+    return RunPlan(get_task(cfg.task), cfg, out, resume_from, resume_point(ckpt) if ckpt is not None else None)
 
 
-def _warn_if_bf16_is_emulated(cfg: TrainConfig) -> None:
+def _warn_if_bf16_is_emulated(cfg: RunConfig) -> None:
     """bf16 on a CPU without native support runs emulated: measured 8x slower than fp32 on an AVX2 machine."""
     from cspnet.cpu import has_native_bf16
 
@@ -204,26 +195,20 @@ class Layout:
         return self.devices * self.num_nodes
 
 
-class TrainerSettings(Protocol):
-    """What :func:`distributed_layout` and :func:`build_trainer` read of a run's config (the
-    classification and the detection configs both have these fields)."""
-
-    accelerator: str
-    precision: str
-    epochs: int
-    devices: int | None
-    num_nodes: int | None
-    checkpoint_every: int
-    limit_train_batches: int | None
-
-
-def distributed_layout(cfg: TrainerSettings) -> Layout:
+def distributed_layout(cfg: RunConfig) -> Layout:
     """Processes per node and nodes: the flags, else what torchrun says, else one process."""
     devices, nodes = 1, 1
     if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
         devices = int(os.environ["LOCAL_WORLD_SIZE"])
         nodes = max(1, int(os.environ["WORLD_SIZE"]) // devices)
     return Layout(cfg.devices or devices, cfg.num_nodes or nodes)
+
+
+def is_launch_process() -> bool:
+    """Whether this process is the one the user started (global rank 0): not a process Lightning's
+    launcher or torchrun started for another rank. Only it prints, locks and writes the run's reports."""
+    rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
+    return int(rank) == 0 and int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0"))) == 0
 
 
 # -- 3. the trainer --------------------------------------------------------------------------------
@@ -233,9 +218,9 @@ class RunCallbacks:
     checkpoints: Any  # cspnet.training.callbacks.RunCheckpoints
 
 
-def build_trainer(cfg: TrainerSettings, out: Path, layout: Layout, extra_callbacks: Sequence[Any], verbose: bool,
-                  run: RunCallbacks | None = None) -> tuple[Any, RunCallbacks]:  # fmt: skip
-    """The trainer; ``run`` replaces the classifier's history and checkpoint callbacks (detection's)."""
+def build_trainer(plan: RunPlan, layout: Layout, extra_callbacks: Sequence[Any], verbose: bool
+                  ) -> tuple[Any, RunCallbacks]:  # fmt: skip
+    """The Lightning trainer of a run, with the task's history columns and monitored metric."""
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -243,8 +228,9 @@ def build_trainer(cfg: TrainerSettings, out: Path, layout: Layout, extra_callbac
     from cspnet.training.callbacks import AtomicCheckpointIO, EpochProgressBar, RunCheckpoints
     from cspnet.training.history import History
 
-    if run is None:
-        run = RunCallbacks(History(out / "history.csv", verbose=verbose), RunCheckpoints(out, cfg.checkpoint_every))
+    cfg, out = plan.config, plan.output
+    run = RunCallbacks(History(out / "history.csv", plan.task, verbose=verbose),
+                       RunCheckpoints(out, cfg.checkpoint_every, monitor=plan.task.monitor))  # fmt: skip
     accelerator: str = cfg.accelerator
     strategy: Any = "auto"
     if layout.world > 1:
@@ -278,25 +264,43 @@ def build_trainer(cfg: TrainerSettings, out: Path, layout: Layout, extra_callbac
 
 
 # -- 4. running it ---------------------------------------------------------------------------------
-class _Interrupted(Exception):
-    """Ctrl-C during training. Not a KeyboardInterrupt: Lightning answers that with ``sys.exit(1)``."""
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (Ctrl-C: SIGINT, a scheduler: SIGTERM) after its last checkpoint
+    was safe; ``signum`` says which, so that the command exits with ``128 + signum`` as the shell would."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+class _Stop(Exception):
+    """Raised by the signal handler inside the trainer. Not a KeyboardInterrupt: Lightning answers that
+    with ``sys.exit(1)``, which a scheduler would read as an ordinary failure."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+RESUMABLE_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def _resumable_ctrl_c() -> Iterator[None]:
-    """Turn SIGINT into :class:`_Interrupted` for the duration (main thread only), then restore."""
+def _resumable_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`_Stop` for the duration (main thread only), then restore."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise _Interrupted
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stop(signum)
 
-    previous = signal.signal(signal.SIGINT, interrupt)
+    previous = {sig: signal.signal(sig, stop) for sig in RESUMABLE_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # Lightning notices that are expected in these runs and say nothing the user can act on.
@@ -329,92 +333,98 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 def run_training(trainer: Any, module: Any, data: Any, resume_from: Path | None) -> None:
-    """``trainer.fit``; Ctrl-C raises ``KeyboardInterrupt`` after the last checkpoint is safe."""
+    """``trainer.fit``; a signal raises :class:`Interrupted` after the last checkpoint is safe."""
     try:
-        with _resumable_ctrl_c():
+        with _resumable_signals():
             trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
-    except _Interrupted:
-        raise KeyboardInterrupt from None
+    except _Stop as stop:
+        raise Interrupted(stop.signum) from None
     if trainer.interrupted:
-        raise KeyboardInterrupt
+        raise Interrupted(signal.SIGINT)
 
 
 # -- 5. results ------------------------------------------------------------------------------------
-def _rounded(value: float | None, digits: int) -> float | None:
-    """JSON has no NaN: a missing or non-finite metric is ``null``."""
-    return round(value, digits) if value is not None and math.isfinite(value) else None
+def final_metrics(plan: RunPlan, module: Any, run: RunCallbacks, layout: Layout, session_s: float) -> dict[str, Any]:
+    """``metrics.json``: the last validation's metrics (from the checkpoint state when this session ran
+    none) in the task's terms, with what every run reports."""
+    from cspnet.training.tasks import _rounded
 
-
-def final_metrics(cfg: TrainConfig, run: RunCallbacks, layout: Layout, session_s: float) -> dict[str, Any]:
-    """The last validation's metrics (from the checkpoint state when this session ran none)."""
     last = run.checkpoints.last_metrics
     return {
-        "model": cfg.model,
-        "top1": _rounded(last.get("top1"), 4),
-        "top5": _rounded(last.get("top5"), 4),
+        "model": plan.config.model,
+        "task": plan.task.name,
+        **plan.task.final_metrics(module, last),
         "loss": _rounded(last.get("loss"), 6),
-        "best_top1": _rounded(run.checkpoints.best, 4),
-        "epochs": cfg.epochs,
+        f"best_{plan.task.monitor}": _rounded(run.checkpoints.best, plan.task.digits),
+        "epochs": plan.config.epochs,
         "train_time_s": round(run.history.elapsed(), 1),
         "this_session_s": round(session_s, 1),
         "world_size": layout.world,
     }
 
 
-def write_reports(out: Path, metrics: dict[str, Any]) -> None:
-    from cspnet.training.files import atomic_write_bytes
+def write_reports(plan: RunPlan, metrics: dict[str, Any]) -> None:
+    from cspnet.io import atomic_path, atomic_write_text, dumps_json
     from cspnet.training.plots import plot_history
 
-    atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode())
-    plot_history(out / "history.csv", out / "learning_curves.png")
+    atomic_write_text(plan.output / "metrics.json", dumps_json(metrics))
+    with atomic_path(plan.output / "learning_curves.png") as tmp:
+        plot_history(plan.output / "history.csv", tmp, plan.task.panels)
 
 
-def fit(config: TrainConfig, callbacks: Sequence[Any] = (), verbose: bool = True,
+def fit(config: RunConfig, callbacks: Sequence[Any] = (), verbose: bool = True,
         given: Collection[str] | None = None) -> FitResult:  # fmt: skip
-    """Train ``config.model`` on ``config.data``; everything lands in ``config.output``.
+    """Train ``config.model`` on ``config.data`` for the config's task; everything lands in ``config.output``.
 
-    Returns the final validation metrics (also in ``metrics.json``): ``top1``/``top5`` in percent,
-    ``loss``, ``best_top1``, ``train_time_s``. Extra Lightning ``callbacks`` are for tests and tools.
+    ``config`` is a :class:`~cspnet.training.TrainConfig` (classification) or a
+    :class:`~cspnet.training.DetectionTrainConfig`. Returns the final validation metrics (also in
+    ``metrics.json``): for classification ``top1``/``top5`` in percent and ``best_top1``; for
+    detection COCO's ``map`` (mAP@[.5:.95]), ``map50``, ``map75``, ``mar100``, ``per_class_ap`` as
+    fractions and ``best_map``; for both ``loss``, ``train_time_s``. Extra Lightning ``callbacks``
+    are for tests and tools.
 
     With ``config.resume`` the run continues from ``output/last.ckpt`` with the run's own settings;
     ``given`` names the settings the caller chose (the CLI passes its explicit flags; by default,
-    every field that differs from :class:`TrainConfig`'s default), and one that contradicts the
-    run is an error. Ctrl-C raises ``KeyboardInterrupt``; the run then resumes from its last
-    checkpoint exactly.
+    every field that differs from the config class's default), and one that contradicts the run is
+    an error. Ctrl-C or SIGTERM raises :class:`Interrupted` (a ``KeyboardInterrupt``); a non-finite
+    loss raises :class:`~cspnet.training.resumable.TrainingDiverged`; the run then resumes from its
+    last checkpoint exactly. While it runs, the run folder is locked against a second run.
     """
+    from cspnet.training.files import run_folder_lock
+
     with _quiet_lightning():
-        return _fit(config, callbacks, verbose, given)
+        plan = plan_run(config, given)
+        with run_folder_lock(plan.output, enabled=is_launch_process()):
+            return _fit(plan, callbacks, verbose)
 
 
-def _fit(config: TrainConfig, callbacks: Sequence[Any], verbose: bool, given: Collection[str] | None) -> FitResult:
+def _fit(plan: RunPlan, callbacks: Sequence[Any], verbose: bool) -> FitResult:
     import lightning as L
 
-    from cspnet.training.datamodule import ImageDataModule, load_datasets, normalization, steps_per_epoch
-    from cspnet.training.module import ClassifierModule
+    from cspnet.training.datamodule import RunDataModule, steps_per_epoch
 
-    plan = plan_run(config, given)
-    cfg, out = plan.config, plan.output
+    cfg, out, task = plan.config, plan.output, plan.task
     layout = distributed_layout(cfg)
-
+    if plan.resume_point and verbose and is_launch_process():
+        print(f"resuming {out} at {plan.resume_point}", flush=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    train_set, val_set = load_datasets(cfg)
+    train_set, val_set = task.load_datasets(cfg)
     classes = list(train_set.classes)
-    mean, std = normalization(cfg)
+    mean, std = task.normalization(cfg)
     steps = steps_per_epoch(len(train_set), cfg.batch_size, layout.world)
     if cfg.limit_train_batches:
         steps = min(steps, cfg.limit_train_batches)
-    module = ClassifierModule(
-        cfg.model, dict(cfg.model_overrides), len(classes), classes, cfg.side, mean, std, cfg.to_dict(), steps
-    )
+    module = task.module_class()(cfg.model, dict(cfg.model_overrides), len(classes), classes, cfg.side, mean, std,
+                                 cfg.to_dict(), steps)  # fmt: skip
     if cfg.pretrained and not plan.resume_from:  # a resumed run's weights come from its checkpoint
         module.load_pretrained(cfg.pretrained)
-    data = ImageDataModule(cfg, train_set, val_set)
-    trainer, run = build_trainer(cfg, out, layout, callbacks, verbose)
+    data = RunDataModule(cfg, train_set, val_set, task.collate())
+    trainer, run = build_trainer(plan, layout, callbacks, verbose)
     if trainer.is_global_zero:
         cfg.write(out)
     started = time.perf_counter()
     run_training(trainer, module, data, plan.resume_from)
-    metrics = final_metrics(cfg, run, layout, time.perf_counter() - started)
+    metrics = final_metrics(plan, module, run, layout, time.perf_counter() - started)
     if trainer.is_global_zero:
-        write_reports(out, metrics)
+        write_reports(plan, metrics)
     return FitResult(metrics, out)

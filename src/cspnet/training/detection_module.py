@@ -1,9 +1,6 @@
-"""The LightningModule of a detection run: a registered detector, YOLOv3's loss, COCO metrics, EMA.
-
-It shares :class:`cspnet.training.resumable.ResumableModule` with the classifier: the same
-optimizers, warm-up + cosine schedule, EMA, per-step seeding (a resumed run draws the same
-augmentation) and the same checkpoint contents (the data position, the running training loss), so
-exact resume is the same code.
+"""The detector's LightningModule: box augmentation, YOLOv3's loss and COCO metrics on
+:class:`~cspnet.training.resumable.ResumableModule` (the model, optimizer, schedule, EMA, per-step
+seeds and the checkpoint state of exact resume, shared with the classifier).
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from torch import Tensor
 from cspnet.detection.data import BoxAugment, Mosaic
 from cspnet.detection.loss import YoloLoss
 from cspnet.detection.metrics import coco_metrics
-from cspnet.detection.training.config import DetectionTrainConfig
 from cspnet.models.detectors.model import Detector
 from cspnet.ops.postprocess import detections
 from cspnet.training.resumable import ResumableModule
@@ -33,33 +29,24 @@ def split_targets(targets: Tensor, batch: int) -> list[dict[str, Tensor]]:
 
 
 class DetectorModule(ResumableModule):
-    """Trains ``cspnet.create_model(model, num_classes, **model_overrides)`` (a detector) on box batches.
+    """Trains a registered detector on box batches ``(uint8 images, (M, 6) target rows)``.
 
-    Hyper-parameters saved in every checkpoint: ``model_name``, ``model_overrides``, ``num_classes``,
-    ``class_names``, ``img_size`` and the resolved ``train_config``.
+    Its inputs are pixels in [0, 1] (``mean`` 0, ``std`` 1, recorded like the classifier's).
     """
 
+    TASK = "detection"
     model: Detector
 
-    def __init__(self, model_name: str, model_overrides: dict[str, Any], num_classes: int, class_names: list[str],
-                 img_size: int, train_config: dict[str, Any], steps_per_epoch: int) -> None:  # fmt: skip
-        super().__init__()
-        self.save_hyperparameters()
-        from cspnet import create_model
-
-        cfg = DetectionTrainConfig.from_dict(train_config)
-        self.cfg = cfg
-        model = create_model(model_name, num_classes=num_classes, **model_overrides)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg, model = self.cfg, self.model
         if not isinstance(model, Detector):
-            raise ValueError(f"--model {model_name} is not a detector (see `cspnet models --task detection`)")
-        self.model = model
-        self.loss = YoloLoss(model.get_buffer("anchors"), model.strides, num_classes, cfg.box_loss, cfg.ignore_threshold,
-                             anchor_threshold=cfg.anchor_threshold)
+            raise ValueError(f"--model {self.hparams['model_name']} is not a detector (see `cspnet models --task detection`)")
+        self.loss = YoloLoss(model.get_buffer("anchors"), model.strides, model.num_classes, cfg.box_loss,
+                             cfg.ignore_threshold, anchor_threshold=cfg.anchor_threshold)  # fmt: skip
         hflip = cfg.hflip or 0.0
         self.augment = BoxAugment((cfg.scale_min, cfg.scale_max), cfg.translate, hflip, cfg.jitter) if cfg.augment else None
         self.mosaic = Mosaic(cfg.mosaic) if cfg.augment and cfg.mosaic > 0 else None
-        self.steps_per_epoch = steps_per_epoch
-        self.init_training_state()
         self.val_loss = torchmetrics.MeanMetric()
         self._val_truth: list[dict[str, Tensor]] = []
         self._val_found: list[dict[str, Tensor]] = []
@@ -73,7 +60,7 @@ class DetectorModule(ResumableModule):
             x, targets = self.mosaic(x, targets)
         if self.augment is not None:
             x, targets = self.augment(x, targets)
-        loss, parts = self.loss(self.model(x), targets, (x.shape[-2], x.shape[-1]))
+        loss, parts = self.loss(self.model(self.model_input(x)), targets, (x.shape[-2], x.shape[-1]))
         self.train_loss.update(loss.detach())
         self.log("train/loss", loss, prog_bar=True)
         for name, value in parts.items():
@@ -84,13 +71,12 @@ class DetectorModule(ResumableModule):
     # -- validation --------------------------------------------------------------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, targets = batch
-        x = images.float() / 255.0
-        model = self.inference_model()
-        outputs = model(x)
-        loss, _ = self.loss(outputs, targets, (x.shape[-2], x.shape[-1]))
+        size = (images.shape[-2], images.shape[-1])
+        outputs = self.inference_model()(self.model_input(images))
+        loss, _ = self.loss(outputs, targets, size)
         self.val_loss.update(loss.detach(), weight=images.shape[0])
         boxes, scores = self.model.decode(outputs)
-        self._val_found += detections(boxes, scores, (x.shape[-2], x.shape[-1]), self.cfg.eval_conf, self.cfg.eval_iou,
+        self._val_found += detections(boxes, scores, size, self.cfg.eval_conf, self.cfg.eval_iou,
                                       self.cfg.max_detections, max_candidates=EVAL_CANDIDATES)  # fmt: skip
         self._val_truth += split_targets(targets, images.shape[0])
 
@@ -101,11 +87,13 @@ class DetectorModule(ResumableModule):
             torch.distributed.all_gather_object(gathered, (truth, found))
             truth = [t for part in gathered for t in part[0]]
             found = [f for part in gathered for f in part[1]]
+        loss = self.val_loss.compute()
+        self.check_finite_validation(loss)
         self.coco = {**coco_metrics(truth, found, list(self.hparams["class_names"])), "images": len(truth)}
         for name in ("map", "map50", "map75", "mar100"):
             value = self.coco[name]
             self.log(f"val/{name}", float("nan") if value is None else value, prog_bar=name in ("map", "map50"))
-        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.log("val/loss", loss, prog_bar=True)
         self.val_loss.reset()
         self._val_truth, self._val_found = [], []
 
@@ -113,7 +101,6 @@ class DetectorModule(ResumableModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["cspnet_coco"] = self.coco
-        checkpoint["task"] = "detection"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
