@@ -1,8 +1,10 @@
-"""Hand-edited or foreign ``cspnet train`` checkpoints in eval / predict / export: one line each, exit 2.
+"""Hand-edited or foreign training checkpoints of every task in the commands that read them: one line each, exit 2.
 
-Checkpoints are written here in the format ``ClassifierModule.on_save_checkpoint`` produces (the
+Checkpoints are written here in the format ``ResumableModule.on_save_checkpoint`` produces (the
 top-level keys, Lightning's ``state_dict`` with ``model.`` keys, ``ema_state_dict = {"module", "updates"}``
-and ``hyper_parameters["train_config"]``), without training, so each case costs milliseconds.
+and ``hyper_parameters["train_config"]``), without training, so each case costs milliseconds. The
+classification and the detection checkpoints go through the one reader (:mod:`cspnet.trained`), so
+every case is tried on both, in each task's commands.
 """
 
 from __future__ import annotations
@@ -25,25 +27,32 @@ from cspnet.convert import CheckpointError
 from cspnet.training import load_trained
 
 MODEL, OVERRIDES, CLASSES, IMG = "cspdensenet_bc40", {"block_config": (1, 1, 1)}, 3, 16
+# Per task: (model, overrides, img_size).
+TASK_MODELS = {
+    "classification": (MODEL, OVERRIDES, IMG),
+    "detection": ("cspdensenet_bc40_efm", {"neck_widths": (8, 16, 32)}, 64),
+}
 
 
-def fake_checkpoint(ema: bool = True, **train_config: Any) -> dict[str, Any]:
-    """A checkpoint as `cspnet train` writes it; raw and EMA weights differ (EMA = raw + 1)."""
+def fake_checkpoint(ema: bool = True, task: str = "classification", **train_config: Any) -> dict[str, Any]:
+    """A checkpoint as `cspnet train` / `cspnet detect train` write it; raw and EMA weights differ (EMA = raw + 1)."""
+    model_name, overrides, img = TASK_MODELS[task]
     torch.manual_seed(0)
-    model = cspnet.create_model(MODEL, num_classes=CLASSES, **OVERRIDES)
+    model = cspnet.create_model(model_name, num_classes=CLASSES, **overrides)
     raw = {k: v.clone() for k, v in model.state_dict().items()}
     averaged = {k: v + 1 if v.is_floating_point() else v.clone() for k, v in raw.items()}
-    config = {"model": MODEL, "data": "digits", "ema": ema, "img_size": IMG, "val_fraction": 0.2, **train_config}
+    config = {"model": model_name, "data": "digits", "ema": ema, "img_size": img, "val_fraction": 0.2, **train_config}
     ckpt: dict[str, Any] = {
         "state_dict": {f"model.{k}": v for k, v in raw.items()},
         "hyper_parameters": {"train_config": config},
-        "model_name": MODEL,
-        "model_overrides": dict(OVERRIDES),
+        "task": task,
+        "model_name": model_name,
+        "model_overrides": dict(overrides),
         "num_classes": CLASSES,
         "class_names": ["a", "b", "c"],
-        "img_size": IMG,
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25],
+        "img_size": img,
+        "mean": [0.5, 0.5, 0.5] if task == "classification" else [0.0, 0.0, 0.0],
+        "std": [0.25, 0.25, 0.25] if task == "classification" else [1.0, 1.0, 1.0],
     }
     if ema:
         ckpt["ema_state_dict"] = {"module": averaged, "updates": 10}
@@ -91,29 +100,59 @@ CASES = {
     "num_classes zero": (_set("num_classes", 0), "num_classes 0 is invalid"),
     "model name a number": (_set("model_name", 5), "model_name 5 is not a model name"),
     "unknown model": (_set("model_name", "nosuchnet"), "unknown model 'nosuchnet'"),
-    "bad override": (_set("model_overrides", {"partial_ratio": 7}), "partial_ratio=7 is out of range"),
+    "bad override": (_set("model_overrides", {"drop_rate": 7}), "drop_rate=7 is out of range"),
     "overrides not a mapping": (_set("model_overrides", [1, 2]), "model_overrides must map"),
     "state_dict a list": (lambda c: {**_without("ema_state_dict")(c), "state_dict": [1],
                                      "hyper_parameters": {}}, "state_dict is a list"),  # fmt: skip
     "EMA weights of another model": (
         lambda c: {**c, "ema_state_dict": {"module": {"w": torch.zeros(2)}}}, "does not fit cspdensenet_bc40"),
+    "task unknown": (_set("task", "segmentation"), "task 'segmentation' is invalid"),
+    "a classifier named in a detection checkpoint": (
+        lambda c: {**c, "task": "detection", "model_name": "densenet_bc40"} if c["task"] == "classification"
+        else {**c, "task": "classification", "model_name": "csppeleenet_efm"},
+        "but the checkpoint says task"),  # fmt: skip
 }
+# Where a task's reader says it differently.
+TASK_MESSAGES = {("detection", "img_size below stride"): "img_size 2 is invalid for cspdensenet_bc40_efm: a "
+                 "detector's input side is a multiple of its stride"}  # fmt: skip
 
 
-@pytest.mark.parametrize("command", ["eval", "predict", "export"])
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_a_bad_training_checkpoint_is_one_line(case: str, command: str, tmp_path: Path, image: str, capsys) -> None:
-    edit, message = CASES[case]
-    path = tmp_path / "edited.ckpt"
-    torch.save(edit(fake_checkpoint()), path)
-    argv = {
+def _argv(command: str, path: Path, image: str, tmp_path: Path) -> list[str]:
+    return {
         "eval": ["eval", "--checkpoint", str(path), "--output", str(tmp_path / "out")],
         "predict": ["predict", image, "--checkpoint", str(path)],
         "export": ["export", "--checkpoint", str(path), "--format", "torchscript", "--output", str(tmp_path / "m.pt")],
+        "detect val": ["detect", "val", "--checkpoint", str(path), "--output", str(tmp_path / "out")],
+        "detect predict": ["detect", "predict", image, "--checkpoint", str(path), "--output", str(tmp_path / "out")],
+        "detect export": ["detect", "export", "--checkpoint", str(path), "--output", str(tmp_path / "m.pt")],
     }[command]
-    err = one_line_error(capsys, argv)
-    assert message in err, err
+
+
+COMMANDS = {"classification": ("eval", "predict", "export"),
+            "detection": ("detect val", "detect predict", "detect export")}  # fmt: skip
+
+
+@pytest.mark.parametrize(("task", "command"), [(t, c) for t, cs in COMMANDS.items() for c in cs])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_bad_training_checkpoint_is_one_line(case: str, task: str, command: str, tmp_path: Path, image: str,
+                                               capsys) -> None:  # fmt: skip
+    edit, message = CASES[case]
+    path = tmp_path / "edited.ckpt"
+    torch.save(edit(fake_checkpoint(task=task)), path)
+    err = one_line_error(capsys, _argv(command, path, image, tmp_path))
+    assert TASK_MESSAGES.get((task, case), message) in err, err
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize(("task", "command"), [(t, c) for t, cs in COMMANDS.items() for c in cs])
+def test_a_checkpoint_of_the_other_task_names_the_right_commands(task: str, command: str, tmp_path: Path,
+                                                                 image: str, capsys) -> None:  # fmt: skip
+    other = "detection" if task == "classification" else "classification"
+    path = tmp_path / "other.ckpt"
+    torch.save(fake_checkpoint(task=other), path)
+    err = one_line_error(capsys, _argv(command, path, image, tmp_path))
+    use = "cspnet detect predict / val / export" if other == "detection" else "cspnet predict / eval / export"
+    assert f"is a {other} checkpoint" in err and use in err, err
 
 
 def test_a_run_without_ema_loads_its_raw_weights(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cspnet.cli.main import main
-from test_detection_train import make_shapes
+from detection_data import make_shapes
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +66,9 @@ def test_predict_draws_boxes_and_writes_coco_results(trained, tmp_path, capsys):
 def test_export_is_checked_in_onnxruntime_with_a_dynamic_batch(trained, tmp_path, nms, capsys):
     import onnxruntime as ort
     import torch
-    from cspnet.trained import load_trained
 
     from cspnet.detection.export import ExportableDetector
+    from cspnet.trained import load_trained
 
     ckpt, _ = trained
     path = tmp_path / "d.onnx"
@@ -101,7 +102,7 @@ def test_bad_input_is_a_one_line_error(trained, tmp_path, capsys):
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{oops")
     assert "not valid JSON" in _error(["detect", "train", "--data", str(bad_json), "--output", str(tmp_path / "a")], capsys)
-    assert "file not found" in _error(["detect", "train", "--data", str(tmp_path / "nope.yaml")], capsys)
+    assert "nope.yaml: not found" in _error(["detect", "train", "--data", str(tmp_path / "nope.yaml")], capsys)
     label = data.parent / "labels" / "0.txt"
     saved = label.read_text()
     try:
@@ -110,11 +111,12 @@ def test_bad_input_is_a_one_line_error(trained, tmp_path, capsys):
         assert "0.txt:1: class id 5 is out of range" in err
     finally:
         label.write_text(saved)
-    assert "is not a detector" in _error(["detect", "train", "--model", "cspdarknet53", "--output", str(tmp_path / "c")], capsys)
+    assert "is not a detection model" in _error(["detect", "train", "--model", "cspdarknet53", "--output",
+                                                  str(tmp_path / "c")], capsys)  # fmt: skip
     assert "--conf 2.0 is invalid" in _error(["detect", "predict", str(data.parent / "images"), "--checkpoint", str(ckpt),
                                                "--conf", "2"], capsys)  # fmt: skip
     assert "image not found" in _error(["detect", "predict", str(tmp_path / "none.png"), "--checkpoint", str(ckpt)], capsys)
-    assert "not a `cspnet detect train` checkpoint" in _error(["detect", "val", "--checkpoint", str(bad_json)], capsys)
+    assert "is not a training checkpoint" in _error(["detect", "val", "--checkpoint", str(bad_json)], capsys)
     assert "not a detector" in _error(["detect", "export", "cspdarknet53", "--output", str(tmp_path / "x.onnx")], capsys)
 
 
@@ -126,7 +128,6 @@ def test_detect_without_an_action_prints_help():
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_evaluates_every_image_once(tmp_path):
     """``--devices 2`` (gloo): each process validates its share; COCO sees all of them, each once."""
-    import os
 
     data = make_shapes(tmp_path / "shapes", 7)  # odd: the shares differ in size
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -138,3 +139,75 @@ def test_two_process_ddp_on_cpu_evaluates_every_image_once(tmp_path):
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["val_images"] == 7
     assert 0.0 <= metrics["map50"] <= 1.0
+
+
+# -- outputs: atomic, never over an input, never through a symlink, never a file that failed its check -----
+def test_predict_refuses_to_write_over_its_input_images(trained, tmp_path, capsys):
+    ckpt, data = trained
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image = folder / "a.png"
+    Image.open(data.parent / "images" / "0.png").save(image)
+    before = image.read_bytes()
+    err = _error(["detect", "predict", str(folder), "--checkpoint", str(ckpt), "--output", str(folder)], capsys)
+    assert "would overwrite the input image" in err and str(image) in err
+    assert image.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.png"]
+
+
+def test_predict_replaces_symlinks_instead_of_writing_through_them(trained, tmp_path):
+    ckpt, data = trained
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in ("results.json", "0.png"):
+        (out / name).symlink_to(victim)
+    assert main(["detect", "predict", str(data.parent / "images" / "0.png"), "--checkpoint", str(ckpt),
+                 "--output", str(out)]) == 0  # fmt: skip
+    assert victim.read_text() == "keep me"
+    assert not (out / "results.json").is_symlink() and json.loads((out / "results.json").read_text()) is not None
+    assert not (out / "0.png").is_symlink() and Image.open(out / "0.png").size == (64, 64)
+
+
+def test_export_that_fails_its_check_leaves_no_file(trained, tmp_path, capsys):
+    ckpt, _ = trained
+    path = tmp_path / "d.onnx"
+    err = _error(["detect", "export", "--checkpoint", str(ckpt), "--output", str(path), "--tolerance", "-1"], capsys)
+    assert "was not written" in err and "does not reproduce PyTorch" in err
+    assert not path.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("command", ["detect val", "eval"])
+def test_val_and_eval_fail_on_a_read_only_output_before_evaluating(command, trained, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import cspnet.evaluation
+    import cspnet.training.files as files
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def never(*args, **kwargs):
+        raise AssertionError("evaluated before the output folder was checked")
+
+    ckpt, data = trained
+    if command == "eval":  # a classification checkpoint of its own
+        from test_bad_input_checkpoints import fake_checkpoint
+
+        ckpt = tmp_path / "c.ckpt"
+        import torch
+
+        torch.save(fake_checkpoint(), ckpt)
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(cspnet.evaluation, "evaluate_detector", never)
+    monkeypatch.setattr(cspnet.evaluation, "evaluate_classifier", never)
+    err = _error([*command.split(), "--checkpoint", str(ckpt), "--output", str(tmp_path / "ro")], capsys)
+    assert f"cannot write to --output {tmp_path / 'ro'}" in err and "Read-only file system" in err
+
+
+def test_val_without_data_scores_the_runs_own_validation_split(trained, tmp_path):
+    ckpt, data = trained
+    assert main(["detect", "val", "--checkpoint", str(ckpt), "--output", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "val.json").read_text())
+    assert result["data"] == f"{data} (the run's validation split)" and result["images"] == 6
+    assert set(result["per_class"]) == {"red", "green", "blue"}  # the run's classes, not the digits'

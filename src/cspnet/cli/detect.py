@@ -58,15 +58,14 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _fraction(text: str) -> float:
-    """An argparse ``type``: a number in [0, 1] (score and IoU thresholds)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is invalid: expected a number from 0 to 1")
-    return value
+def _check_thresholds(args: argparse.Namespace) -> None:
+    """``--conf`` and ``--iou`` are fractions (checked before any file is read)."""
+    from cspnet.cli.main import CLIError
+
+    for flag in ("conf", "iou"):
+        value = getattr(args, flag)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise CLIError(f"--{flag} {value} is invalid: expected 0 <= {flag} <= 1")
 
 
 def _load(checkpoint: str, expected_model: str | None = None, ema: bool = True) -> Any:
@@ -85,8 +84,8 @@ def _add_val(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--images", help="COCO: the image folder")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--conf", type=_fraction, default=None, help="score threshold (default: the run's, 0.001 as COCO evaluations)")
-    p.add_argument("--iou", type=_fraction, default=None, help="NMS IoU threshold (default: the run's, 0.6)")
+    p.add_argument("--conf", type=float, default=None, help="score threshold (default: the run's, 0.001 as COCO evaluations)")
+    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the run's, 0.6)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="evaluate the raw weights, not the EMA")
     p.add_argument("--output", metavar="DIR", help="where val.json goes (default: the checkpoint's folder)")
     p.set_defaults(func=run_val)
@@ -113,6 +112,7 @@ def run_val(args: argparse.Namespace) -> int:
     from cspnet.io import atomic_write_text, dumps_json
     from cspnet.training.detection_config import DetectionTrainConfig
 
+    _check_thresholds(args)
     if args.workers < 0:
         raise CLIError(f"--workers {args.workers} is invalid: expected 0 or more")
     out = _output_folder(args.output, args.checkpoint)
@@ -143,8 +143,8 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("predict", help="detect objects in images; PNGs with boxes drawn and a COCO-results JSON")
     p.add_argument("images", nargs="+", metavar="IMAGE|FOLDER", help="image files or folders of images")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="last.ckpt / best.ckpt of `cspnet detect train`")
-    p.add_argument("--conf", type=_fraction, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--iou", type=_fraction, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     p.add_argument("--max-detections", type=positive_int, default=100)
     p.add_argument("--output", default="runs/detect-predict", metavar="DIR",
                    help="where <image>.png and results.json go (default runs/detect-predict)")
@@ -224,6 +224,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from cspnet.io import atomic_path, atomic_write_text, dumps_json
     from cspnet.ops.postprocess import detections
 
+    _check_thresholds(args)
     files = _image_files(args.images)
     out = _output_folder(args.output, args.output)
     targets = output_names(files, out)
@@ -270,8 +271,8 @@ def _add_export(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--img-size", type=int, help="input side (default: the checkpoint's, else the model's)")
     p.add_argument("--nms", action="store_true", help="add ONNX NonMaxSuppression: output detections (M, 7)")
-    p.add_argument("--conf", type=_fraction, default=0.25, help="NMS score threshold (default 0.25)")
-    p.add_argument("--iou", type=_fraction, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--conf", type=float, default=0.25, help="NMS score threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     p.add_argument("--max-detections", type=positive_int, default=100, help="per image and class (default 100)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative difference from PyTorch")
     p.set_defaults(func=run_export)
@@ -284,6 +285,7 @@ def run_export(args: argparse.Namespace) -> int:
     from cspnet.io import atomic_path, check_output_file
     from cspnet.models import create_model, get_model_entry
 
+    _check_thresholds(args)
     if args.img_size is not None:
         check_img_size(args.img_size)  # the range before building anything; the stride below
     output = check_output_file(args.output)

@@ -65,7 +65,7 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
         check_img_size(args.img_size)  # the range before building anything; the stride below
 
     if args.checkpoint and is_training_checkpoint(args.checkpoint):
-        trained = load_trained(args.checkpoint, expected_model=args.model)
+        trained = load_trained(args.checkpoint, expected_model=args.model, task="classification")
         if args.num_classes is not None and args.num_classes != len(trained.class_names):
             raise CLIError(f"--num-classes {args.num_classes} contradicts the checkpoint's {len(trained.class_names)} classes")
         model, default_size = trained.model, trained.img_size

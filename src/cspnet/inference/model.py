@@ -179,7 +179,7 @@ def _torch_source(
                 f"{path} is not a `cspnet train` checkpoint, an .onnx file or a TorchScript archive (for other "
                 "weight files pass the model name and weights=FILE)"
             )
-        trained = load_trained(path, expected_model=expected_model, ema=ema)  # a missing file: CheckpointError
+        trained = load_trained(path, expected_model=expected_model, ema=ema, task="classification")  # a missing file: CheckpointError
         if num_classes is not None and num_classes != len(trained.class_names):
             raise ValueError(f"num_classes {num_classes} contradicts the checkpoint's {len(trained.class_names)} classes")
         from cspnet.data.transforms import run_crop_pct

@@ -21,7 +21,8 @@ from cspnet.training.files import RunFolderError, atomic_save
 __all__ = ["AtomicCheckpointIO", "EpochProgressBar", "RunCheckpoints", "atomic_save"]
 
 _STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-                   errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}  # fmt: skip
+                   errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EFBIG: "the file is larger than this process may write (ulimit -f)"}  # fmt: skip
 
 
 class AtomicCheckpointIO(CheckpointIO):

@@ -61,12 +61,9 @@ class DetectorModule(ResumableModule):
         if self.augment is not None:
             x, targets = self.augment(x, targets)
         loss, parts = self.loss(self.model(self.model_input(x)), targets, (x.shape[-2], x.shape[-1]))
-        self.train_loss.update(loss.detach())
-        self.log("train/loss", loss, prog_bar=True)
         for name, value in parts.items():
             self.log(f"train/{name}_loss", value)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
-        return loss
+        return self.track_loss(loss)
 
     # -- validation --------------------------------------------------------------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

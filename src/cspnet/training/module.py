@@ -36,11 +36,7 @@ class ClassifierModule(ResumableModule):
         images, targets = batch
         x, soft = self.mix(self.model_input(self.augment(images.float() / 255.0)), targets)
         logits = self.model(x)
-        loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=1), dim=1).mean()
-        self.train_loss.update(loss.detach())
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
-        return loss
+        return self.track_loss(torch.sum(-soft * F.log_softmax(logits.float(), dim=1), dim=1).mean())
 
     # -- validation --------------------------------------------------------------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

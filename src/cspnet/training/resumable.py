@@ -122,11 +122,17 @@ class ResumableModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update(self.model)
 
-    def on_before_backward(self, loss: Tensor) -> None:
-        # Every process takes the same decision (one of them diverging would leave the others waiting).
-        diverged = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss.detach())), all=False)
-        if diverged:
-            raise TrainingDiverged(self._diverged_message(f"the training loss became {float(loss.detach())}"))
+    def track_loss(self, loss: Tensor) -> Tensor:
+        """Every training step's loss goes through here: a non-finite one stops the run before its backward
+        pass (:class:`TrainingDiverged`); a finite one joins the epoch's running mean and the logs."""
+        # Every process takes the same decision (one of them stopping alone would leave the others waiting).
+        value = loss.detach()
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(value)), all=False):
+            raise TrainingDiverged(self._diverged_message(f"the training loss became {float(value)}"))
+        self.train_loss.update(value)
+        self.log("train/loss", value, prog_bar=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        return loss
 
     def check_finite_validation(self, loss: Tensor) -> None:
         """Stop the run when the validation loss is not finite (before this epoch's checkpoint is written)."""
@@ -168,6 +174,9 @@ class ResumableModule(L.LightningModule):
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A step can leave non-finite weights whose loss is only seen at the next step: never save them.
+        if not all(bool(torch.isfinite(v).all()) for v in checkpoint["state_dict"].values() if v.is_floating_point()):
+            raise TrainingDiverged(self._diverged_message("the weights became non-finite"))
         checkpoint["task"] = self.TASK
         if self.ema is not None:
             checkpoint["ema_state_dict"] = self.ema.state_dict()
