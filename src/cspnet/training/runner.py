@@ -157,7 +157,7 @@ class RunPlan:
     resume_point: str | None = None  # where a resumed run continues, as the user reads it
 
 
-def plan_run(config: RunConfig, given: Collection[str] | None = None) -> RunPlan:
+def plan_run(config: RunConfig, given: Collection[str] | None = None, task: Task | None = None) -> RunPlan:
     """Validate ``config`` and its model, then the run folder; on ``resume``, the settings come from the
     checkpoint. The model is built on the meta device (no weights) to check its overrides and the input side."""
     from cspnet.data.transforms import check_img_size
@@ -171,7 +171,8 @@ def plan_run(config: RunConfig, given: Collection[str] | None = None) -> RunPlan
     _warn_if_bf16_is_emulated(cfg)
     prepare_run_folder(out)
     resume_from = out / "last.ckpt" if ckpt is not None else None
-    return RunPlan(get_task(cfg.task), cfg, out, resume_from, resume_point(ckpt) if ckpt is not None else None)
+    task = task if task is not None else get_task(cfg.task)
+    return RunPlan(task, cfg, out, resume_from, resume_point(ckpt) if ckpt is not None else None)
 
 
 def _warn_if_bf16_is_emulated(cfg: RunConfig) -> None:
@@ -373,7 +374,7 @@ def write_reports(plan: RunPlan, metrics: dict[str, Any]) -> None:
 
 
 def fit(config: RunConfig, callbacks: Sequence[Any] = (), verbose: bool = True,
-        given: Collection[str] | None = None) -> FitResult:  # fmt: skip
+        given: Collection[str] | None = None, task: Task | None = None) -> FitResult:  # fmt: skip
     """Train ``config.model`` on ``config.data`` for the config's task; everything lands in ``config.output``.
 
     ``config`` is a :class:`~cspnet.training.TrainConfig` (classification) or a
@@ -389,11 +390,14 @@ def fit(config: RunConfig, callbacks: Sequence[Any] = (), verbose: bool = True,
     an error. Ctrl-C or SIGTERM raises :class:`Interrupted` (a ``KeyboardInterrupt``); a non-finite
     loss raises :class:`~cspnet.training.resumable.TrainingDiverged`; the run then resumes from its
     last checkpoint exactly. While it runs, the run folder is locked against a second run.
+
+    ``task`` replaces the config's registered task (:func:`~cspnet.training.tasks.get_task`) with a
+    variant of it, e.g. one that reads other data (``docs/adding-a-family.md``, "Adding a task").
     """
     from cspnet.training.files import run_folder_lock
 
     with _quiet_lightning():
-        plan = plan_run(config, given)
+        plan = plan_run(config, given, task)
         with run_folder_lock(plan.output, enabled=is_launch_process()):
             return _fit(plan, callbacks, verbose)
 
