@@ -122,15 +122,32 @@ def test_cli_export_rejects_a_wrong_checkpoint(kind: str, tmp_path: Path, capsys
             str(tmp_path / "m.onnx")]  # fmt: skip
     assert main(args) == 2
     err = _one_error_line(capsys)
-    expected = {"other_model": "does not fit", "missing": "not found", "not_weights": "cannot read weights"}[kind]
+    expected = {"other_model": "does not fit", "missing": "not found", "not_weights": "refused"}[kind]
     assert expected in err
 
 
-def test_cli_export_fails_when_the_file_does_not_reproduce_pytorch(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_cli_export_keeps_no_file_that_failed_its_check(
+    fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A tolerance no float computation meets stands in for a broken exporter.
-    args = ["export", "cspdensenet_bc100", "--format", "onnx", "--output", str(tmp_path / "m.onnx"),
-            "--tolerance", "-1"]  # fmt: skip
+    import copy
+
+    import cspnet.export.formats as formats
+
+    def broken_folding(model: torch.nn.Module, **options: object) -> torch.nn.Module:
+        broken = copy.deepcopy(model).eval()  # a folding bug: one weight off by 10 %
+        next(p for p in broken.parameters() if p.dim() == 4).data.mul_(1.1)
+        return broken
+
+    monkeypatch.setattr(formats, "optimize_for_inference", broken_folding)
+    output = tmp_path / f"m.{fmt}"
+    output.write_bytes(b"the previous export")
+    args = ["export", "cspdensenet_bc40", "--num-classes", "3", "--img-size", "32", "--format", fmt,
+            "--output", str(output)]  # fmt: skip
     assert main(args) == 2
-    assert "does not reproduce PyTorch" in _one_error_line(capsys)
+    err = _one_error_line(capsys)
+    assert "does not reproduce PyTorch" in err and "nothing was written" in err, err
+    assert output.read_bytes() == b"the previous export"  # not replaced by the file that failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]  # no temporary left behind
+    assert main([*args, "--tolerance", "0.5"]) == 0  # the same file passes a looser check, and is kept
+    assert output.read_bytes() != b"the previous export"

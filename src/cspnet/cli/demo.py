@@ -37,7 +37,7 @@ def count_macs(model, img_size: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cspnet import get_model_entry
+    from cspnet.models import get_model_entry
     from cspnet.models.backbone import count_params
     from cspnet.training import TrainConfig, fit, load_trained
 
