@@ -160,3 +160,30 @@ def test_any_set_override_is_a_result_or_a_user_error_never_a_bug(field: str, va
     print(field, value, code, err.getvalue())  # shown when the example fails
     assert code in (0, 2), err.getvalue()
     assert len(err.getvalue().strip().splitlines()) <= 1
+
+
+def test_predict_names_each_unreadable_image_and_the_reason_without_errno(
+    tmp_path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from cspnet.export import export_model
+    from cspnet.models import create_model
+
+    model = export_model(create_model("cspdensenet_bc40", num_classes=3), "onnx", tmp_path / "m.onnx", 32).path
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(good)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "text.png").write_text("not an image")
+    bad = [tmp_path / "missing.png", tmp_path / "folder", tmp_path / "loop", tmp_path / "text.png"]
+    (tmp_path / "folder").mkdir()
+    argv = ["predict", *map(str, bad), str(good), "--checkpoint", str(model), "--backend", "onnxruntime"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err + caplog.text  # the summary line, and one warning per image
+    assert "[Errno" not in err and "Traceback" not in err, err
+    for reason in ("No such file or directory", "Is a directory", "Too many levels of symbolic links"):
+        assert reason in err, err
+    assert main([*argv[:-5], *argv[-4:]]) == 2  # only unreadable images: one line naming the first
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"cspnet predict: error: none of the 4 image(s) can be read (first: {bad[0]})", err
