@@ -272,3 +272,19 @@ def test_every_engine_takes_float64_and_half_inputs(backend: str, files: dict[st
     torch.testing.assert_close(model(x.half()), expected, atol=1e-2, rtol=1e-2)
     error = one_line_value_error(model, x.long())
     assert "torch.int64" in error and "takes float (N, C, H, W)" in error
+
+
+def test_int8_files_are_checked_by_what_int8_can_promise(tmp_path: Path) -> None:
+    """An int8 softmax rounds each probability to 1/255: its rows need not sum to 1, its values stay
+    in [0, 1]. A genuine int8 file with probabilities loads on both engines; an int8 graph of logits
+    labelled ``probabilities`` is still refused."""
+    torch.manual_seed(0)
+    model = create_model("cspdensenet_bc40", num_classes=10)
+    options = {"int8_calibration": "digits", "calibration_images": 16, "agreement_images": 16}
+    genuine = export_model(model, "onnx", tmp_path / "p8.onnx", IMG, preprocessing_in_graph=True, **options).path
+    for backend in ("onnxruntime", "openvino"):
+        out = load_model(genuine, backend)(torch.zeros(2, IMG, IMG, 3, dtype=torch.uint8))
+        assert out.shape == (2, 10) and bool((out >= 0).all()) and bool((out <= 1).all())
+    logits = export_model(model, "onnx", tmp_path / "l8.onnx", IMG, info=INFO, **options).path
+    edited = with_onnx_metadata(logits, tmp_path / "l8_edited.onnx", {"output": "probabilities"})
+    assert "not probabilities" in one_line_value_error(load_model, edited, "onnxruntime")

@@ -62,7 +62,11 @@ RESIZE_RULES: dict[str, str] = {
 METADATA_VERSION = "1"
 TORCHSCRIPT_METADATA = "cspnet.json"  # the extra file of a TorchScript archive that holds the metadata
 MAX_IN_CHANS = 64  # more input channels than any image format has: a corrupted field, not a model
-PROBABILITY_TOLERANCE = 1e-3  # how far from 1 a row of probabilities may sum (float32 softmax, int8 files)
+# How far from 1 a row of probabilities may sum, by the precision the graph computes in: a float32
+# softmax is exact to ~1e-6, a bf16 one to ~1e-2; an int8 softmax rounds each probability to a step
+# of at most 1/255 (half a step of error each), so its sum may be off by up to classes / 510.
+PROBABILITY_TOLERANCE: dict[str, float] = {"fp32": 1e-3, "bf16": 2e-2, "fp16": 2e-2}
+INT8_STEP = 1 / 255
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -247,12 +251,15 @@ class ModelInfo:
                 f"metadata names {len(self.class_names)} classes: the metadata does not belong to this graph"
             )
         if self.output == "probabilities" and len(output):
-            rows = output.float().sum(dim=1)
-            bad = bool(((rows - 1).abs() > PROBABILITY_TOLERANCE).any()) or bool((output < 0).any())
-            if bad or not bool(rows.isfinite().all()):
+            out = output.float()
+            rows = out.sum(dim=1)
+            tolerance = PROBABILITY_TOLERANCE.get(self.precision, max(2e-2, out.shape[1] * INT8_STEP))
+            in_range = bool(((out >= -0.01) & (out <= 1.01)).all())  # also False for NaN
+            if not in_range or not bool(((rows - 1).abs() <= tolerance).all()):
                 raise ValueError(
                     f"{source}: its metadata says output=probabilities, but the graph's outputs are not "
-                    f"probabilities (a row sums to {float(rows[0]):.4g}): the metadata does not belong to this graph"
+                    f"probabilities (values {float(out.min()):.4g} to {float(out.max()):.4g}, a row sums to "
+                    f"{float(rows[0]):.4g}): the metadata does not belong to this graph"
                 )
 
     # --- metadata ---------------------------------------------------------------------------------
