@@ -296,3 +296,31 @@ def test_darknet_classifier_floats_that_are_dropped_are_a_warning(tmp_path: Path
         model = cspnet.create_model("cspdarknet53_paper", num_classes=3, pretrained=path, **DARKNET)
     assert model.head.fc.out_features == 3
     assert "classifier not loaded: the checkpoint has 1000 classes, the model 3" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["malicious", "empty", "truncated", "text"])
+@pytest.mark.parametrize("command", ["predict", "eval", "export"])
+def test_every_command_says_what_is_wrong_with_a_bad_torch_file(
+    kind: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cspnet.cli.main import main
+
+    marker, path = tmp_path / "pwned", tmp_path / "model.pt"
+    if kind == "malicious":
+        torch.save({"model_name": MODEL, "state_dict": {}, "x": _Payload(marker)}, path)
+    elif kind == "truncated":
+        torch.save(reference_state(), path)
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(b"" if kind == "empty" else b"model weights\n")
+    argv = {
+        "predict": ["predict", str(tmp_path / "x.png"), "--checkpoint", str(path)],
+        "eval": ["eval", "--checkpoint", str(path), "--output", str(tmp_path / "eval")],
+        "export": ["export", MODEL, "--checkpoint", str(path), "--format", "onnx", "--output", str(tmp_path / "m.onnx")],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    expected = {"malicious": "refused: the", "empty": "is empty (0 bytes)", "truncated": "truncated",
+                "text": "PyTorch"}[kind]  # fmt: skip  (not a PyTorch file, or not plain PyTorch data)
+    assert len(err.splitlines()) == 1 and expected in err and str(path) in err, err
+    assert "weights_only" not in err and not marker.exists()

@@ -180,6 +180,10 @@ def _torch_source(
     path = Path(source)
     if path.is_file() or path.suffix or os.sep in str(source):
         if path.is_file() and not is_training_checkpoint(path):
+            from cspnet.convert import load_torch_file
+
+            if path.suffix.lower() not in (".safetensors", ".weights"):
+                load_torch_file(path, "checkpoint")  # empty, truncated, refused: says which, in one line
             raise ValueError(
                 f"{path} is not a `cspnet train` checkpoint, an .onnx file or a TorchScript archive (for other "
                 "weight files pass the model name and weights=FILE)"
