@@ -104,6 +104,7 @@ def test_cli_export_reads_a_training_checkpoint_and_ships_its_ema_weights(tmp_pa
         (["no_such_model", "--format", "onnx"], "unknown model 'no_such_model'"),
         (["--format", "onnx"], "name the model"),
         (["cspdensenet_bc100", "--format", "onnx", "--img-size", "0"], "--img-size 0 is invalid"),
+        (["cspdensenet_bc100", "--format", "onnx", "--num-classes", "0"], "--num-classes 0 is invalid"),
     ],
 )
 def test_cli_export_errors(

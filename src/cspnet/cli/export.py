@@ -66,6 +66,9 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int, Any]:
 
     if args.img_size is not None:
         check_img_size(args.img_size)  # the range before building anything; the stride below
+    if args.num_classes is not None and args.num_classes < 1:
+        raise CLIError(f"--num-classes {args.num_classes} is invalid: an exported file is a classifier with one "
+                       "class name per output; give at least 1")  # fmt: skip
 
     if args.checkpoint and is_training_checkpoint(args.checkpoint):
         trained = load_trained(args.checkpoint, expected_model=args.model)
