@@ -5,7 +5,7 @@
 
 For densenet121 @224, cspdensenet121 @224 and cspdarknet53 @256 (random weights: speed does not
 depend on them), at batch 16 and batch 1, through the project's own interface
-(:func:`cspnet.inference.load_model`, one fresh process per row, :mod:`cspnet.profiling.measure`):
+(:func:`cspnet.inference.load_model`, one fresh process per row, :mod:`cspnet.inference.benchmark`):
 
 * ``torch fp32``: the project's eager path (``optimize_for_inference``, channels-last), the reference;
 * ``onnxruntime fp32`` / ``openvino fp32``: the file ``cspnet export`` writes (folded, opset 18);
@@ -38,7 +38,7 @@ import torch
 import cspnet
 from cspnet.cli.benchmark import describe_setup
 from cspnet.export import export_model
-from cspnet.profiling.measure import BenchSpec, measure_isolated
+from cspnet.inference.benchmark import BenchSpec, measure_isolated
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "engines.json"

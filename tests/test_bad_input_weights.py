@@ -113,8 +113,87 @@ def test_malformed_state_dicts_raise_only_checkpoint_error(tmp_path: Path, corru
 def test_random_bytes_raise_only_checkpoint_error(tmp_path: Path, data: bytes, suffix: str) -> None:
     path = tmp_path / f"w{suffix}"
     path.write_bytes(data)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as caught:
         cspnet.create_model(MODEL, num_classes=3, pretrained=path, **TINY)
+    # (a DenseNet has no darknet layout: that error names the model, not the file)
+    _assert_one_plain_line(str(caught.value), path if suffix != ".weights" else None)
+
+
+def _assert_one_plain_line(message: str, path: Path | None) -> None:
+    """One line that names the file, without torch's advice to load it with weights_only=False."""
+    assert "\n" not in message and (path is None or str(path) in message) and len(message) < 400, message
+    assert "weights_only" not in message and "Re-running" not in message, message
+
+
+class _Payload:
+    """A pickle that runs ``os.system`` on load: it must be refused, never run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+@pytest.mark.parametrize("suffix", [".pth", ".pt", ".ckpt", ".bin"])
+def test_malicious_pickles_are_refused_in_one_line(tmp_path: Path, writer: str, suffix: str) -> None:
+    import pickle
+
+    from cspnet.convert import load_torch_file, read_state_dict
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / f"evil{suffix}"
+    if writer == "torch.save":
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Payload(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps(_Payload(marker)))
+    for load in (lambda: load_torch_file(path, "checkpoint"), lambda: read_state_dict(path),
+                 lambda: cspnet.create_model(MODEL, pretrained=path, **TINY)):  # fmt: skip
+        with pytest.raises(CheckpointError, match="refused") as caught:
+            load()
+        _assert_one_plain_line(str(caught.value), path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pt", ".ckpt"])
+def test_a_zero_byte_file_says_it_is_empty(tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from cspnet.cli.main import main
+    from cspnet.convert import read_state_dict
+
+    path = tmp_path / f"w{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"the weight file is empty \(0 bytes\)"):
+        read_state_dict(path)
+    argv = ["export", MODEL, "--checkpoint", str(path), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"cspnet export: error: {path}: the weight file is empty (0 bytes)", err
+
+
+def test_one_reader_per_suffix_and_one_converter_per_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cspnet.convert.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "_FILE_READERS", dict(checkpoint._FILE_READERS))
+    monkeypatch.setattr(checkpoint, "_CONVERTERS", list(checkpoint._CONVERTERS))
+    current = checkpoint._FILE_READERS[".weights"]
+
+    def other(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {}
+
+    with pytest.raises(ValueError, match=r"a reader for \.weights files is already registered .* refusing a second one"):
+        checkpoint.register_file_reader(".WEIGHTS", other)
+    assert checkpoint._FILE_READERS[".weights"] is current  # import order decides nothing
+    checkpoint.register_file_reader(".weights", current)  # the same reader again (a module reloaded) is fine
+    checkpoint.register_file_reader(".weights", other, replaces=current)  # a deliberate take-over
+    assert checkpoint._FILE_READERS[".weights"] is other
+    for native in (".safetensors", ".pt", ".pth"):
+        with pytest.raises(ValueError, match="read by cspnet itself"):
+            checkpoint.register_file_reader(native, other)
+    with pytest.raises(ValueError, match="a converter named 'timm CSP' is already registered"):
+        checkpoint.register_converter(checkpoint.Converter("timm CSP", lambda s, m: False, lambda s, m: s))
 
 
 @FUZZ
@@ -217,3 +296,31 @@ def test_darknet_classifier_floats_that_are_dropped_are_a_warning(tmp_path: Path
         model = cspnet.create_model("cspdarknet53_paper", num_classes=3, pretrained=path, **DARKNET)
     assert model.head.fc.out_features == 3
     assert "classifier not loaded: the checkpoint has 1000 classes, the model 3" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["malicious", "empty", "truncated", "text"])
+@pytest.mark.parametrize("command", ["predict", "eval", "export"])
+def test_every_command_says_what_is_wrong_with_a_bad_torch_file(
+    kind: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cspnet.cli.main import main
+
+    marker, path = tmp_path / "pwned", tmp_path / "model.pt"
+    if kind == "malicious":
+        torch.save({"model_name": MODEL, "state_dict": {}, "x": _Payload(marker)}, path)
+    elif kind == "truncated":
+        torch.save(reference_state(), path)
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(b"" if kind == "empty" else b"model weights\n")
+    argv = {
+        "predict": ["predict", str(tmp_path / "x.png"), "--checkpoint", str(path)],
+        "eval": ["eval", "--checkpoint", str(path), "--output", str(tmp_path / "eval")],
+        "export": ["export", MODEL, "--checkpoint", str(path), "--format", "onnx", "--output", str(tmp_path / "m.onnx")],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    expected = {"malicious": "refused: the", "empty": "is empty (0 bytes)", "truncated": "truncated",
+                "text": "PyTorch"}[kind]  # fmt: skip  (not a PyTorch file, or not plain PyTorch data)
+    assert len(err.splitlines()) == 1 and expected in err and str(path) in err, err
+    assert "weights_only" not in err and not marker.exists()

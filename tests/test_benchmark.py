@@ -6,7 +6,7 @@ import pytest
 
 from cspnet.cli.benchmark import describe_setup, markdown_table
 from cspnet.cli.main import main
-from cspnet.profiling.measure import BenchSpec, measure, measure_isolated
+from cspnet.inference.benchmark import BenchSpec, measure, measure_isolated
 
 TINY = {"model": "cspdensenet_bc40", "batch_size": 2, "img_size": 16, "warmup": 1, "min_steps": 2, "min_seconds": 0.0}
 
@@ -50,15 +50,17 @@ def test_bad_input_is_a_one_line_error(argv: list[str], message: str, capsys: py
     assert len(err.splitlines()) == 1 and message in err, err
 
 
-def test_the_measurement_engine_keeps_its_old_address() -> None:
+def test_the_measurement_engine_keeps_its_old_address_and_one_vocabulary() -> None:
     import cspnet.cli.benchmark as cli
-    import cspnet.profiling.measure as engine
+    import cspnet.inference.benchmark as engine
+    import cspnet.precision
     from cspnet.cli.backend_options import BACKEND_CHOICES
     from cspnet.inference import BACKENDS
 
     assert cli.measure_isolated is engine.measure_isolated and cli.BenchSpec is engine.BenchSpec
-    assert cli.PRECISIONS == engine.PRECISIONS and cli.MODES == engine.MODES
-    assert BACKEND_CHOICES == BACKENDS == engine.BACKENDS
+    # the same objects, not equal copies: one definition each (cspnet.precision, the engine's MODES)
+    assert cli.PRECISIONS is engine.PRECISIONS is cspnet.precision.PRECISIONS and cli.MODES is engine.MODES
+    assert BACKEND_CHOICES is BACKENDS is engine.BACKENDS is cspnet.precision.BACKENDS
 
 
 @pytest.mark.parametrize(("backend", "precision"), [("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8")])

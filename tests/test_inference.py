@@ -263,15 +263,21 @@ def test_a_missing_backend_names_the_extra(
     ("name", "content", "message"),
     [
         ("m.onnx", b"not a model", "is not an ONNX model"),
-        ("m.pt", b"not a model", "is not a `cspnet train` checkpoint, an .onnx file or a TorchScript archive"),
-        ("m.ckpt", b"", "is not a `cspnet train` checkpoint"),
+        # what is wrong with a PyTorch file is said first (load_torch_file) ...
+        ("m.pt", b"not a model", "not plain PyTorch data"),
+        ("m.ckpt", b"", "the checkpoint is empty"),
+        # ... and a readable one that is no `cspnet train` checkpoint is named as such
+        ("w.pt", b"GOOD", "is not a `cspnet train` checkpoint, an .onnx file or a TorchScript archive"),
     ],
 )
 def test_a_file_that_is_not_a_model(
     name: str, content: bytes, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / name
-    path.write_bytes(content)
+    if content == b"GOOD":
+        torch.save({"w": torch.zeros(1)}, path)
+    else:
+        path.write_bytes(content)
     backend = "onnxruntime" if name.endswith(".onnx") else "torch"
     with pytest.raises(ValueError, match=message):
         load_model(path, backend)

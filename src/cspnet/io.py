@@ -24,8 +24,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
+T = TypeVar("T")
 TEMP_MARK = ".tmp"  # temporaries are ``.<name>.<random>.tmp<suffix>``: the real suffix last, for writers
 # that pick the format from it (matplotlib's savefig)
 
@@ -75,6 +76,50 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_checked(path: str | os.PathLike[str], write: Callable[[Path], Any],
+                  check: Callable[[Path], T] | None = None) -> T | None:  # fmt: skip
+    """Write ``path`` through a temporary file beside it, check it, and only then move it into place.
+
+    ``write(tmp)`` writes the file (any writer that takes a file name: exporters, quantisers);
+    ``check(tmp)`` reads it back and raises to refuse it. A file that fails its check, a writer that
+    fails, a full disk or Ctrl-C leave ``path`` as it was (absent, or the previous file) and no
+    temporary behind. Returns what ``check`` returned. An ``OSError`` of the write names ``path``
+    (not the temporary) with the system's reason, e.g. ``No space left on device``.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "m.txt"
+    >>> def refuse(p):
+    ...     raise ValueError(f"{p.read_text()!r} failed its check")
+    >>> write_checked(out, lambda p: p.write_text("bad"), refuse)
+    Traceback (most recent call last):
+    ...
+    ValueError: 'bad' failed its check
+    >>> out.exists(), list(out.parent.iterdir())
+    (False, [])
+    >>> write_checked(out, lambda p: p.write_text("good"), lambda p: p.read_text())
+    'good'
+    """
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            write(tmp)
+            _fsync(tmp)
+            return check(tmp) if check is not None else None
+    except OSError as exc:
+        about_tmp = exc.filename is None or Path(str(exc.filename)).name.startswith(f".{path.name}.")
+        if exc.errno is None or not about_tmp:  # another file's problem (an input): its own message
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:

@@ -54,7 +54,9 @@ class TrainedModel:
 
 
 def _read(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from cspnet.convert import load_torch_file
+
+    return load_torch_file(path, "training checkpoint")
 
 
 def is_training_checkpoint(path: str | os.PathLike[str]) -> bool:
@@ -68,17 +70,6 @@ def is_training_checkpoint(path: str | os.PathLike[str]) -> bool:
     except Exception:  # unreadable or not a torch file: whoever loads it reports why
         return False
     return isinstance(ckpt, dict) and "model_name" in ckpt and "state_dict" in ckpt
-
-
-def _unreadable(exc: Exception) -> str:
-    """Why torch could not read a file, in one short clause (not torch's paragraph of advice)."""
-    import pickle
-
-    if isinstance(exc, pickle.UnpicklingError):
-        return "it holds Python objects, which a safe (weights-only) load refuses to run; it was refused"
-    if isinstance(exc, EOFError) or "zip archive" in str(exc) or "central directory" in str(exc):
-        return "it is empty, truncated or not a torch file"
-    return f"torch cannot read it ({type(exc).__name__})"
 
 
 def _train_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,10 +120,7 @@ def _open(path: Path, expected_model: str | None) -> dict[str, Any]:
 
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        ckpt = _read(path)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a training checkpoint: {_unreadable(exc)}") from exc
+    ckpt = _read(path)  # one line for an empty, truncated, foreign or refused file
     if not isinstance(ckpt, dict) or "model_name" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a training checkpoint of `cspnet train` or `cspnet detect train` "
                               "(no model name / class names in it)")  # fmt: skip

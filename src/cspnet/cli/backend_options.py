@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-BACKEND_CHOICES = ("torch", "onnxruntime", "openvino")  # == cspnet.inference.BACKENDS (tested)
+from cspnet.precision import BACKENDS as BACKEND_CHOICES  # stdlib-only module: no torch at parse time
 
 
 def add_backend_option(parser: argparse.ArgumentParser, *, multiple: bool = False) -> None:
@@ -88,11 +88,12 @@ def add_export_engine_options(parser: argparse.ArgumentParser) -> None:
                         "(normalisation and softmax in the graph)")  # fmt: skip
 
 
-def export_engine_options(args: argparse.Namespace, model: Any, img_size: int) -> dict[str, Any]:
+def export_engine_options(args: argparse.Namespace, model: Any, img_size: int, trained: Any = None) -> dict[str, Any]:
     """Keyword arguments of ``export_model`` from the engine options: metadata, int8, preprocessing.
 
-    The metadata (class names, mean and std) comes from a ``cspnet train`` checkpoint when
-    ``--checkpoint`` is one; otherwise class indices and ImageNet statistics.
+    The metadata (class names, mean and std) comes from ``trained`` (the checked
+    :class:`~cspnet.trained.TrainedModel` of a ``cspnet train`` checkpoint) when there is one;
+    otherwise class indices and ImageNet statistics.
     """
     from cspnet.cli.main import CLIError
 
@@ -107,29 +108,23 @@ def export_engine_options(args: argparse.Namespace, model: Any, img_size: int) -
     if args.calibration_data and args.calibration_data != "digits" and not os.path.isdir(args.calibration_data):
         raise CLIError(f"--calibration-data {args.calibration_data}: not 'digits' and not a folder")
     return {
-        "info": _export_info(args, model, img_size),
+        "info": _export_info(args, model, img_size, trained),
         "preprocessing_in_graph": args.preprocessing_in_graph,
         "int8_calibration": args.calibration_data if args.int8 else None,
         "calibration_images": args.calibration_images,
     }
 
 
-def _export_info(args: argparse.Namespace, model: Any, img_size: int) -> Any:
-    import torch
-
+def _export_info(args: argparse.Namespace, model: Any, img_size: int, trained: Any) -> Any:
     from cspnet.metadata import ModelInfo, default_info
-    from cspnet.trained import is_training_checkpoint
 
-    num_classes = int(getattr(model, "num_classes", 0) or 0)
-    name = args.model or getattr(model, "name", "") or type(model).__name__
-    if args.checkpoint and is_training_checkpoint(args.checkpoint):
+    if trained is not None:
         from cspnet.data.transforms import run_crop_pct
 
-        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        run_config = ckpt.get("hyper_parameters", {}).get("train_config", {})
         return ModelInfo(
-            str(ckpt["model_name"]), tuple(str(c) for c in ckpt["class_names"]), img_size,
-            tuple(float(v) for v in ckpt["mean"]), tuple(float(v) for v in ckpt["std"]),
-            **ModelInfo.resize_fields(run_crop_pct(run_config)),  # type: ignore[arg-type]
+            trained.name, tuple(trained.class_names), img_size, tuple(trained.mean), tuple(trained.std),
+            **ModelInfo.resize_fields(run_crop_pct(trained.train_config)),  # type: ignore[arg-type]
         )  # fmt: skip
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    name = args.model or getattr(model, "name", "") or type(model).__name__
     return default_info(name, num_classes, img_size)

@@ -8,7 +8,7 @@ Examples::
     cspnet benchmark cspdensenet201 --mode train --set memory_efficient=True --batch-size 32
 
 One row per (model, mode, backend, precision), each measured in a fresh Python process by
-:mod:`cspnet.profiling.measure` (which says how throughput, latency and peak memory are measured).
+:mod:`cspnet.inference.benchmark` (which says how throughput, latency and peak memory are measured).
 Inference rows run the model as ``cspnet predict`` does, through :func:`cspnet.inference.load_model`
 on each ``--backend``; ``onnxruntime`` and ``openvino`` rows run the folded model exported to ONNX,
 ``int8`` rows that export quantised on ``--calibration-data`` (the digits by default: speed does not
@@ -23,20 +23,16 @@ import sys
 from typing import Any
 
 from cspnet.cli.options import add_config_overrides, parse_overrides
-
-# The choices of the command line; cspnet.profiling.measure validates the same tuples (a test checks
-# they agree). Kept here so that `cspnet --help` does not import the measurement engine.
-from cspnet.precision import PRECISIONS  # noqa: E402
+from cspnet.precision import PRECISIONS
 from cspnet.reports.tables import markdown_table as markdown_table_lines
 
-MODES = ("inference", "train")
-_MEASURE_NAMES = ("BenchSpec", "PeakMemory", "measure", "measure_isolated")
+_MEASURE_NAMES = ("BenchSpec", "PeakMemory", "measure", "measure_isolated", "MODES")
 
 
 def __getattr__(name: str) -> Any:
-    """The measurement engine moved to :mod:`cspnet.profiling.measure`; its old names still work here."""
+    """The measurement engine is :mod:`cspnet.inference.benchmark`; its old names still work here."""
     if name in _MEASURE_NAMES:
-        from cspnet.profiling import measure as engine
+        from cspnet.inference import benchmark as engine
 
         return getattr(engine, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -100,6 +96,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from cspnet.cli.backend_options import add_backend_option
+    from cspnet.inference.benchmark import MODES
 
     p = sub.add_parser(
         "benchmark",
@@ -135,7 +132,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _skip_reason(spec: Any) -> str | None:
     """Why an engine does not run this combination, or None when it does."""
-    from cspnet.inference import PRECISIONS as ENGINE_PRECISIONS
+    from cspnet.precision import BACKEND_PRECISIONS as ENGINE_PRECISIONS
 
     if spec.backend == "torch":
         return "int8 runs on onnxruntime and openvino" if spec.precision == "int8" else None
@@ -152,7 +149,7 @@ def _check_models(names: list[str], overrides: dict[str, Any]) -> None:
     """Fail fast, in this process, on unknown names, detectors and bad overrides."""
     import torch
 
-    from cspnet import create_model
+    from cspnet.models import create_model
     from cspnet.models.registry import require_classifier
 
     for name in names:
@@ -163,7 +160,7 @@ def _check_models(names: list[str], overrides: dict[str, Any]) -> None:
 
 def _plan(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[list[Any], list[str]]:
     """Every (model, mode, backend, precision) to measure, and those an engine cannot run (with why)."""
-    from cspnet.profiling.measure import BenchSpec
+    from cspnet.inference.benchmark import MODES, BenchSpec
 
     modes = MODES if args.mode == "both" else (args.mode,)
     specs, skipped = [], []
@@ -188,8 +185,8 @@ def _plan(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[list[Any
 
 def run(args: argparse.Namespace) -> int:
     from cspnet.cli.backend_options import check_backends_installed, warn_if_bf16_is_emulated
+    from cspnet.inference.benchmark import measure_isolated
     from cspnet.io import atomic_write_text
-    from cspnet.profiling.measure import measure_isolated
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} is invalid: expected a positive integer")

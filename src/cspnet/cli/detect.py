@@ -282,7 +282,7 @@ def run_export(args: argparse.Namespace) -> int:
     from cspnet.cli.main import CLIError
     from cspnet.data.transforms import check_img_size
     from cspnet.detection.export import export_detector_onnx
-    from cspnet.io import atomic_path, check_output_file
+    from cspnet.io import check_output_file
     from cspnet.models import create_model, get_model_entry
 
     _check_thresholds(args)
@@ -302,11 +302,8 @@ def run_export(args: argparse.Namespace) -> int:
         raise CLIError("name a detector or give --checkpoint (a `cspnet detect train` checkpoint)")
     size = args.img_size or size
     check_img_size(size, model)
-    with atomic_path(output) as tmp:  # written only once it passed its check
-        result = export_detector_onnx(model, tmp, size, args.nms, args.conf, args.iou, args.max_detections)
-        if not result.max_rel_diff <= args.tolerance:
-            raise CLIError(f"{output} was not written: the exported graph does not reproduce PyTorch (relative "
-                           f"difference {result.max_rel_diff:.3g} exceeds --tolerance {args.tolerance:g})")  # fmt: skip
-    result.path = output
+    # Written through write_checked: moved into place only once it reproduces PyTorch within --tolerance.
+    result = export_detector_onnx(model, output, size, args.nms, args.conf, args.iou, args.max_detections,
+                                  tolerance=args.tolerance)  # fmt: skip
     print(result.summary())
     return 0

@@ -9,8 +9,10 @@ Examples::
 The file is run (onnxruntime / ``torch.jit.load``) on a random batch of another size than the export
 batch; the command fails if its outputs differ from PyTorch's by more than ``--tolerance`` relative.
 ``--output`` is checked before anything is built (a folder or an unwritable place is a one-line
-error) and written atomically: a temporary file in the same folder, moved into place once written
-(a symlink at ``--output`` is replaced, its target left alone). A weight file whose classifier does
+error) and written through :func:`cspnet.io.write_checked`: a temporary file in the same folder,
+checked, and moved into place only when it passed (a symlink at ``--output`` is replaced, its
+target left alone); a file that failed its check, an interrupted export or a full disk leave
+``--output`` as it was. A weight file whose classifier does
 not match ``--num-classes`` loads without it, with a warning (the classifier stays random).
 """
 
@@ -49,20 +51,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)  # fmt: skip
 
 
-def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
-    """The model to export, with its weights, and its input side.
+def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int, Any]:
+    """The model to export, with its weights, its input side and (for a ``cspnet train``
+    checkpoint) the :class:`~cspnet.trained.TrainedModel` it came from, else ``None``.
 
     A ``cspnet train`` checkpoint brings its model name, config overrides, classes, input size and
     EMA weights (exactly what ``cspnet predict`` runs); any other weight file needs MODEL.
     """
-    from cspnet import create_model, get_model_entry
     from cspnet.cli.main import CLIError
-    from cspnet.data.transforms import check_img_size
+    from cspnet.metadata import check_img_size
+    from cspnet.models import create_model, get_model_entry
     from cspnet.models.registry import require_classifier
     from cspnet.trained import is_training_checkpoint, load_trained
 
     if args.img_size is not None:
         check_img_size(args.img_size)  # the range before building anything; the stride below
+    if args.num_classes is not None and args.num_classes < 1:
+        raise CLIError(f"--num-classes {args.num_classes} is invalid: an exported file is a classifier with one "
+                       "class name per output; give at least 1")  # fmt: skip
 
     if args.checkpoint and is_training_checkpoint(args.checkpoint):
         trained = load_trained(args.checkpoint, expected_model=args.model, task="classification")
@@ -70,6 +76,7 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
             raise CLIError(f"--num-classes {args.num_classes} contradicts the checkpoint's {len(trained.class_names)} classes")
         model, default_size = trained.model, trained.img_size
     else:
+        trained = None
         if not args.model:
             raise CLIError("name the model (e.g. `cspnet export cspdarknet53 ...`): only `cspnet train` checkpoints say which it is")
         require_classifier(args.model, "cspnet export")
@@ -78,30 +85,24 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int]:
         default_size = get_model_entry(args.model).input_size[-1]
     img_size = args.img_size if args.img_size is not None else default_size
     check_img_size(img_size, model)
-    return model, img_size
+    return model, img_size, trained
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-    from pathlib import Path
-
     from cspnet.cli.main import CLIError
     from cspnet.export import EXPORT_FORMATS, export_model
-    from cspnet.io import atomic_path, check_output_file
+    from cspnet.io import check_output_file
 
     if args.fmt not in EXPORT_FORMATS:
         raise CLIError(f"--format {args.fmt!r} is not supported: expected one of {', '.join(EXPORT_FORMATS)}")
     output = check_output_file(args.output)
-    model, img_size = build_model_from_args(args)
+    if not args.tolerance >= 0:  # also NaN
+        raise CLIError(f"--tolerance {args.tolerance} is invalid: expected a relative difference >= 0")
+    model, img_size, trained = build_model_from_args(args)
     options = {"exporter": args.onnx_exporter} if args.fmt == "onnx" else {}
-    engine_options = export_engine_options(args, model, img_size)  # metadata, int8, preprocessing in graph
-    with atomic_path(output) as tmp:  # a failed export leaves no half-written file at --output
-        result = export_model(model, args.fmt, tmp, img_size, optimize=args.optimize, **engine_options, **options)
-        result = dataclasses.replace(result, path=Path(output))
+    engine_options = export_engine_options(args, model, img_size, trained)  # metadata, int8, preprocessing
+    # A file that fails the check is not kept: export_model raises before moving it to --output.
+    result = export_model(model, args.fmt, output, img_size, optimize=args.optimize, tolerance=args.tolerance,
+                          **engine_options, **options)  # fmt: skip
     print(result.summary())
-    if not result.within(args.tolerance):  # also catches NaN
-        raise CLIError(
-            f"{result.path} does not reproduce PyTorch: relative difference {result.max_rel_diff:.3g} "
-            f"exceeds {args.tolerance:g}"
-        )
     return 0

@@ -1,5 +1,18 @@
 """``cspnet`` entry point: dispatches to one module per subcommand, turns errors into one line.
 
+Two kinds of failure, told apart by their exception type:
+
+* bad input, a missing or unwritable file, a full disk, a missing package: the user's to fix.
+  One line ``cspnet CMD: error: ...``, exit status 2. These are the project's own
+  :class:`CLIError`, ``ValueError`` (which ``CheckpointError``, ``UnknownModelError`` and every
+  checked field raise), ``OSError`` (printed as ``FILE: reason``, without ``[Errno N]``),
+  ``ModuleNotFoundError`` and ``MemoryError``.
+* anything else (``TypeError``, ``KeyError``, ``IndexError``, a ``RuntimeError`` from torch...) is a
+  bug in cspnet, whatever input caused it: one line ``cspnet CMD: internal error ...`` naming the
+  exception and asking for a report with the traceback of ``cspnet -v CMD ...``, exit status 1.
+
+``-v`` shows the traceback of either kind.
+
 A subcommand module ``cspnet.cli.<name>`` defines ``add_parser(subparsers)`` which registers its
 parser and sets ``func`` (called with the parsed arguments, returning an exit code). Only the module
 of the command being run is imported; the others appear in ``cspnet --help`` through their one-line
@@ -44,8 +57,41 @@ class CLIError(Exception):
 
 # Exceptions whose message is already a user-facing explanation (bad input, not a bug).
 # CheckpointError and UnknownModelError are ValueErrors; OSError covers missing, unwritable and
-# full files and folders.
-USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, ValueError, TypeError, OSError)
+# full files and folders. Anything else is reported as a bug (BUG_EXIT).
+USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, ValueError, OSError, ModuleNotFoundError, MemoryError)
+USER_ERROR_EXIT = 2
+BUG_EXIT = 1
+
+
+def user_message(exc: BaseException) -> str:
+    """The one line shown for a user error: a system error as ``FILE: reason`` (no ``[Errno N]``).
+
+    >>> user_message(OSError(28, "No space left on device", "out/model.onnx"))
+    'out/model.onnx: No space left on device'
+    >>> user_message(ValueError("a\\nb"))
+    'a | b'
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        message = f"{files}: {exc.strerror}" if files else exc.strerror
+    elif isinstance(exc, MemoryError):
+        message = f"out of memory{': ' + str(exc) if str(exc) else ''} (a smaller batch or input size needs less)"
+    else:
+        message = str(exc).strip() or type(exc).__name__
+    # One line: a multi-line message (a checkpoint mismatch report) is folded with " | ".
+    return " | ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def bug_message(exc: BaseException, command: str = "COMMAND") -> str:
+    """The one line shown for an exception that is not a user error: cspnet has a bug.
+
+    >>> bug_message(KeyError("num_classes"), "eval")
+    "internal error (a bug in cspnet): KeyError: 'num_classes'; please report it with the traceback that `cspnet -v eval ...` prints"
+    """
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return (f"internal error (a bug in cspnet): {type(exc).__name__}{': ' + text if text else ''}; "
+            f"please report it with the traceback that `cspnet -v {command} ...` prints")  # fmt: skip
 
 
 def _available(name: str) -> bool:
@@ -114,11 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if args.verbose:
             raise
-        message = str(exc).strip() or type(exc).__name__
-        # One line: a multi-line message (a checkpoint mismatch report) is folded with " | ".
-        print(f"cspnet {args.command}: error: {' | '.join(line.strip() for line in message.splitlines())}",
-              file=sys.stderr)
-        return 2
+        print(f"cspnet {args.command}: error: {user_message(exc)}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except Exception as exc:  # not the user's input: a bug, said so, with how to report it
+        if args.verbose:
+            raise
+        print(f"cspnet {args.command}: {bug_message(exc, args.command)}", file=sys.stderr)
+        return BUG_EXIT
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def live_rows(pattern: str = "*") -> list[Row]:
     """The rows of the registered models matching ``pattern``, computed from the registry (meta device)."""
     import torch
 
-    from cspnet import create_model, get_model_entry, list_models
+    from cspnet.models import create_model, get_model_entry, list_models
     from cspnet.models.backbone import count_params
 
     rows = []

@@ -117,8 +117,8 @@ def _check_img_size(img_size: int, names: list[str], overrides: dict[str, Any]) 
     """``--img-size`` in range and at least every model's stride (models built on the meta device: free)."""
     import torch
 
-    from cspnet import create_model
-    from cspnet.data.transforms import check_img_size
+    from cspnet.metadata import check_img_size
+    from cspnet.models import create_model
 
     check_img_size(img_size)
     with torch.device("meta"):

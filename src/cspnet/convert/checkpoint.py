@@ -1,9 +1,13 @@
 """Reading weight files safely and loading them into a model with a clear mismatch report.
 
 Nothing here executes code from a file: ``.safetensors`` files are read with safetensors, anything
-else with ``torch.load(..., weights_only=True)``. Peer layouts (torchvision, timm, darknet) are
+else with :func:`load_torch_file` (``torch.load(..., weights_only=True)``, the one PyTorch-file
+reader every loader of the project calls). Peer layouts (torchvision, timm, darknet) are
 recognised by their keys and converted to this library's layout by the converters registered with
-:func:`register_converter`.
+:func:`register_converter`; formats that are not a state dict (darknet's ``.weights``) by the
+reader registered for their suffix with :func:`register_file_reader`. Each registry takes one
+entry per name or suffix: a second one is refused, so which reader runs never depends on the order
+modules were imported in.
 
 Every problem with a file is a :class:`CheckpointError` naming it: besides files that cannot be read
 or do not fit the model, a state dict whose keys are not strings, whose tensors hold no data (meta),
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +60,43 @@ _CONVERTERS: list[Converter] = []
 _FILE_READERS: dict[str, Callable[[Path, nn.Module], StateDict]] = {}
 
 
+def _qualname(function: Callable[..., object]) -> str:
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', repr(function))}"
+
+
 def register_converter(converter: Converter) -> None:
+    """Add ``converter`` to the peer layouts :func:`convert_state_dict` recognises; one per name."""
+    if any(c.name == converter.name for c in _CONVERTERS):
+        raise ValueError(f"a converter named {converter.name!r} is already registered: one converter per layout")
     _CONVERTERS.append(converter)
 
 
-def register_file_reader(suffix: str, reader: Callable[[Path, nn.Module], StateDict]) -> None:
-    _FILE_READERS[suffix.lower()] = reader
+def register_file_reader(
+    suffix: str, reader: Callable[[Path, nn.Module], StateDict], *,
+    replaces: Callable[[Path, nn.Module], StateDict] | None = None,
+) -> None:  # fmt: skip
+    """Read files ending in ``suffix`` with ``reader(path, model)``; one reader per suffix.
+
+    A second reader for a suffix is refused with a ``ValueError`` naming both, unless the caller
+    names the registered one in ``replaces`` (a deliberate take-over, never an accident of import
+    order). ``.safetensors`` and PyTorch files are read natively and cannot be taken over.
+
+    >>> register_file_reader(".safetensors", lambda path, model: {})
+    Traceback (most recent call last):
+    ...
+    ValueError: .safetensors files are read by cspnet itself; no reader can be registered for them
+    """
+    key = suffix.lower()
+    if not key.startswith(".") or key in (".safetensors", ".pt", ".pth", ".ckpt", ".bin"):
+        raise ValueError(f"{suffix} files are read by cspnet itself; no reader can be registered for them"
+                         if key.startswith(".") else f"suffix {suffix!r} is invalid: expected e.g. '.weights'")  # fmt: skip
+    current = _FILE_READERS.get(key)
+    if current is not None and current is not reader and current is not replaces:
+        raise ValueError(
+            f"a reader for {key} files is already registered ({_qualname(current)}); refusing a second one "
+            f"({_qualname(reader)}): one reader per suffix (pass replaces= to take over from it deliberately)"
+        )
+    _FILE_READERS[key] = reader
 
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "ema_state_dict")
@@ -157,6 +194,62 @@ def _check_values(state: StateDict, own: StateDict, source: str) -> None:
                               + (f" (+{len(not_finite) - 5} more)" if len(not_finite) > 5 else ""))
 
 
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_torch_file(path: str | os.PathLike[str], what: str = "weight file") -> Any:
+    """The object in a file written by ``torch.save``, read without running code from it.
+
+    ``torch.load(weights_only=True)``: tensors, numbers, strings and plain containers only. Every
+    problem is a one-line :class:`CheckpointError` that names the file and says what ``what`` (e.g.
+    ``"checkpoint"``) is wrong with it: missing, empty, truncated, not a PyTorch file, or refused
+    because its pickle would import or call Python code (a malicious or foreign file). Torch's own
+    advice to retry with ``weights_only=False`` is not passed on: that would run the file's code.
+
+    >>> import tempfile, pathlib
+    >>> empty = pathlib.Path(tempfile.mkdtemp()) / "x.pt"
+    >>> _ = empty.write_bytes(b"")
+    >>> load_torch_file(empty, "checkpoint")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    cspnet.convert.checkpoint.CheckpointError: .../x.pt: the checkpoint is empty (0 bytes)
+    """
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}" if not path.exists() else f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the {what} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol notices about foreign files
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"{path}: refused: the {what} would import and run Python code ({found.group(1)}) while loading; "
+                "cspnet loads tensors and plain data only"
+            ) from None
+        raise CheckpointError(
+            f"{path}: refused: the {what} is not plain PyTorch data (corrupt, or pickled Python objects "
+            "cspnet does not load)"
+        ) from None
+    except EOFError:
+        raise CheckpointError(f"{path}: the {what} is truncated (its data ends early)") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged zip archive (RuntimeError), a foreign format (KeyError, ...)
+        if "PytorchStreamReader" in str(exc):
+            raise CheckpointError(f"{path}: the {what} is truncated or corrupt (not a readable PyTorch archive)") from exc
+        raise CheckpointError(
+            f"{path}: the {what} is not a PyTorch file ({type(exc).__name__}: {_one_line(str(exc), 80)})"
+        ) from exc
+
+
 def read_state_dict(path: str | os.PathLike[str], model: nn.Module | None = None) -> StateDict:
     """Read a weight file into a flat ``{name: tensor}`` dict without executing code from it.
 
@@ -167,21 +260,22 @@ def read_state_dict(path: str | os.PathLike[str], model: nn.Module | None = None
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix not in (".safetensors", *_FILE_READERS):
+        return _unwrap(load_torch_file(path, "weight file"), path)
     try:
         if suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return _unwrap(load_file(str(path), device="cpu"), path)
-        if suffix in _FILE_READERS:
-            if model is None:
-                raise CheckpointError(f"{path}: reading a {suffix} file needs the target model")
-            return _FILE_READERS[suffix](path, model)
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if model is None:
+            raise CheckpointError(f"{path}: reading a {suffix} file needs the target model")
+        return _FILE_READERS[suffix](path, model)
     except CheckpointError:
         raise
-    except Exception as exc:  # corrupted file, pickle that needs code, wrong format
-        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-    return _unwrap(obj, path)
+    except MemoryError:
+        raise
+    except Exception as exc:  # a corrupt or foreign file (safetensors' and the readers' own errors)
+        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {_one_line(str(exc))})") from exc
 
 
 def convert_state_dict(state: StateDict, model: nn.Module) -> tuple[StateDict, str]:

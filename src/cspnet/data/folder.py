@@ -121,7 +121,8 @@ def read_image(path: str | os.PathLike[str], size: int, crop_pct: float | None =
     except Exception as exc:
         # Pillow's decoders raise more than OSError on damaged files (fuzzing found TypeError from a
         # TIFF tag, SyntaxError, EOFError, struct.error): whatever a file makes them raise, it is a bad file.
-        raise ValueError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"cannot read image {path}: {reason}") from exc  # "[Errno 2] ..." would repeat the path
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 

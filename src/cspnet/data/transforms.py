@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# One home for the input-side bound and the default statistics (cspnet.metadata, L0); re-exported here.
+from cspnet.metadata import IMAGENET_MEAN, IMAGENET_STD, MAX_IMG_SIZE, check_img_size  # noqa: F401
 
 # Evaluation resize (timm's ``crop_pct``): the short side goes to ``floor(img_size / crop_pct)``, then
 # the centre ``img_size`` square is kept. 0.875 (224 of 256) is the ImageNet convention of timm and
@@ -23,43 +23,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # ``img_size`` square and keep all of it (1.0).
 DEFAULT_CROP_PCT = 0.875
 DIGITS_CROP_PCT = 1.0
-# The largest input side accepted anywhere (CLI flags, checkpoints): a 4096^2 RGB batch of one is
-# already 200 MB as float32, and no registered model is meant for more.
-MAX_IMG_SIZE = 4096
-
-
-def check_img_size(size: Any, model: nn.Module | None = None, what: str = "--img-size") -> None:
-    """Raise ``ValueError`` unless ``size`` is an integer side from the model's stride to :data:`MAX_IMG_SIZE`
-    and, for a detector (``model.max_stride``: its neck joins maps of three strides), a multiple of that stride.
-
-    >>> check_img_size(100000)
-    Traceback (most recent call last):
-    ...
-    ValueError: --img-size 100000 is too large: at most 4096
-    """
-    if not isinstance(size, int) or isinstance(size, bool):
-        raise ValueError(f"{what} {size!r} is invalid: expected a positive integer")
-    if size < 1:
-        raise ValueError(f"{what} {size} is invalid: expected a positive integer")
-    if size > MAX_IMG_SIZE:
-        raise ValueError(f"{what} {size} is too large: at most {MAX_IMG_SIZE}")
-    if model is None:
-        return
-    name = getattr(model, "name", "") or type(model).__name__
-    multiple = getattr(model, "max_stride", None)
-    if isinstance(multiple, int) and size % multiple:
-        below, above = size // multiple * multiple, -(-size // multiple) * multiple
-        hint = f"{below} or {above}" if below else str(above)
-        raise ValueError(f"{what} {size} is invalid for {name}: a detector's input side is a multiple of its "
-                         f"stride {multiple} (e.g. {hint})")  # fmt: skip
-    info = getattr(model, "feature_info", None)
-    if info:
-        stride = max(f["reduction"] for f in info)
-        if size < stride:
-            raise ValueError(
-                f"{what} {size} is too small for {name}: its feature map would vanish "
-                f"(total stride {stride}); use at least {stride}"
-            )
 
 
 def check_crop_pct(crop_pct: Any, what: str = "--crop-pct") -> float:

@@ -79,27 +79,46 @@ class DetectorExport:
 
 def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_size: int, nms: bool = False,
                          conf_threshold: float = 0.25, iou_threshold: float = 0.45, max_per_class: int = 100,
-                         opset: int = 18) -> DetectorExport:  # fmt: skip
-    """Write the ONNX file, then run it in onnxruntime on a batch of another size and compare with PyTorch."""
-    import onnxruntime as ort
+                         opset: int = 18, tolerance: float | None = None) -> DetectorExport:  # fmt: skip
+    """Write the ONNX file, then run it in onnxruntime on a batch of another size and compare with PyTorch.
 
+    Written through :func:`cspnet.io.write_checked`: a temporary file beside ``path``, moved into
+    place once checked, so a full disk or a failed check (``tolerance``: the largest relative
+    difference accepted) leaves ``path`` as it was.
+    """
     from cspnet.export.formats import relative_difference
+    from cspnet.io import write_checked
+    from cspnet.metadata import check_img_size
 
+    check_img_size(img_size, detector, what="img_size")  # before an image of that size is allocated
     path = Path(path)
     module = ExportableDetector(detector, nms, conf_threshold, iou_threshold, max_per_class).eval()
     names = ("detections",) if nms else ("boxes", "scores")
-    example = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-    dynamic = {"images": {0: "batch"}, **({"detections": {0: "detections"}} if nms else {n: {0: "batch"} for n in names})}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer notices about the fixed input size
-        torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=list(names),
-                          dynamic_axes=dynamic, opset_version=opset, dynamo=False)  # fmt: skip
-    check = torch.rand(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(1))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = [torch.from_numpy(v) for v in session.run(list(names), {"images": check.numpy()})]
-    with torch.no_grad():
-        expected = module(check)
-    expected = [expected] if nms else list(expected)
-    diff = max(relative_difference(e.float(), g.float()) if e.numel() else float(g.numel() != 0)
-               for e, g in zip(expected, got))  # fmt: skip
-    return DetectorExport(path, 2, diff, names)
+
+    def write(tmp: Path) -> None:
+        example = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+        dynamic = {"images": {0: "batch"}, **({"detections": {0: "detections"}} if nms else {n: {0: "batch"} for n in names})}
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer notices about the fixed input size
+            torch.onnx.export(module, (example,), str(tmp), input_names=["images"], output_names=list(names),
+                              dynamic_axes=dynamic, opset_version=opset, dynamo=False)  # fmt: skip
+
+    def check(tmp: Path) -> DetectorExport:
+        import onnxruntime as ort
+
+        batch = torch.rand(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(1))
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = [torch.from_numpy(v) for v in session.run(list(names), {"images": batch.numpy()})]
+        with torch.no_grad():
+            expected = module(batch)
+        expected = [expected] if nms else list(expected)
+        diff = max(relative_difference(e.float(), g.float()) if e.numel() else float(g.numel() != 0)
+                   for e, g in zip(expected, got))  # fmt: skip
+        if tolerance is not None and not diff <= tolerance:  # also NaN
+            raise ValueError(f"the exported file does not reproduce PyTorch: relative difference {diff:.3g} exceeds "
+                             f"{tolerance:g}; nothing was written to {path}")  # fmt: skip
+        return DetectorExport(path, 2, diff, names)
+
+    result = write_checked(path, write, check)
+    assert result is not None
+    return result

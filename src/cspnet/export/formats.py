@@ -14,17 +14,23 @@ Exporter choices (torch 2.13), see ``docs/deployment.md``:
   then ``torch.jit.freeze`` to inline the weights as constants. ``method="trace"`` is available for
   models that cannot be scripted.
 
-Files are self-describing: given a :class:`~cspnet.inference.ModelInfo` (class names, input size,
+Files are self-describing: given a :class:`~cspnet.metadata.ModelInfo` (class names, input size,
 resize rule, mean and std), :func:`export_model` writes it into the ONNX ``metadata_props`` or the
-TorchScript archive's extra file ``cspnet.json``; :func:`cspnet.inference.load_model` reads it back.
-``preprocessing_in_graph=True`` puts the normalisation and the softmax in the graph (uint8 NHWC
-pixels in, probabilities out), and ``int8_calibration=`` quantises the ONNX file
-(:mod:`cspnet.export.quantize`).
+TorchScript archive's extra file ``cspnet.json`` (both through :mod:`cspnet.metadata`);
+:func:`cspnet.inference.load_model` reads it back. ``preprocessing_in_graph=True`` puts the
+normalisation and the softmax in the graph (uint8 NHWC pixels in, probabilities out), and
+``int8_calibration=`` quantises the ONNX file (:mod:`cspnet.export.quantize`).
+
+Nothing half-done is left at the output path (:func:`cspnet.io.write_checked`): the file is written
+to a temporary file beside it, checked, and moved into place only when the check passes (with
+``tolerance=``, a file that does not reproduce PyTorch is not kept). TorchScript is serialised in
+memory and written by Python, so a full disk is an ``OSError`` naming the file, not an abort inside
+torch's C++ writer.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -36,6 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from cspnet.export.fold import optimize_for_inference
+from cspnet.io import atomic_path, atomic_write, write_checked
+from cspnet.metadata import check_img_size, torchscript_extra_files, write_onnx_metadata
 
 if TYPE_CHECKING:
     from cspnet.metadata import ModelInfo
@@ -73,18 +81,6 @@ class PreprocessingInGraph(nn.Module):
         return self.model(x).softmax(dim=1)
 
 
-def write_onnx_metadata(path: str | os.PathLike[str], metadata: Mapping[str, str]) -> None:
-    """Set ``metadata`` as the ONNX file's ``metadata_props`` (replacing keys of the same name)."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    kept = {p.key: p.value for p in proto.metadata_props if p.key not in metadata}
-    del proto.metadata_props[:]
-    for key, value in {**kept, **metadata}.items():
-        proto.metadata_props.add(key=key, value=str(value))
-    onnx.save(proto, str(path))
-
-
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -96,9 +92,21 @@ def export_onnx(
     input_name: str = "input",
     output_name: str = "logits",
 ) -> Path:
-    """Write ``model`` as ONNX with a dynamic batch axis (input ``input`` / output ``logits`` by default)."""
+    """Write ``model`` as ONNX with a dynamic batch axis (input ``input`` / output ``logits`` by default).
+
+    Written atomically: an exporter error or a full disk leaves ``path`` as it was.
+    """
     path = Path(path)
     model = model.eval()
+    with atomic_path(path) as tmp:
+        _export_onnx(model, tmp, example, opset, exporter, input_name, output_name)
+        if metadata:
+            write_onnx_metadata(tmp, metadata)
+    return path
+
+
+def _export_onnx(model: nn.Module, path: Path, example: Tensor, opset: int, exporter: str, input_name: str,
+                 output_name: str) -> None:  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notices are not actionable here
         if exporter == "dynamo":
@@ -115,9 +123,6 @@ def export_onnx(
             )  # fmt: skip
         else:
             raise ValueError(f"exporter={exporter!r} is invalid: expected 'torchscript' or 'dynamo'")
-    if metadata:
-        write_onnx_metadata(path, metadata)
-    return path
 
 
 def export_torchscript(
@@ -130,7 +135,9 @@ def export_torchscript(
 ) -> Path:
     """Write ``model`` as a frozen TorchScript archive (``torch.jit.load`` reads it back).
 
-    ``metadata`` is stored as the archive's extra file ``cspnet.json``.
+    ``metadata`` is stored as the archive's extra file ``cspnet.json``. The archive is serialised
+    in memory, then written atomically by Python: torch's C++ file writer aborts the whole process
+    on a full disk (``terminate called after throwing an instance of 'c10::Error'``).
     """
     path = Path(path)
     model = model.eval()
@@ -144,9 +151,9 @@ def export_torchscript(
         else:
             raise ValueError(f"method={method!r} is invalid: expected 'script' or 'trace'")
         module = torch.jit.freeze(module)
-        extra = {"cspnet.json": json.dumps(dict(metadata))} if metadata else {}
-        torch.jit.save(module, str(path), _extra_files=extra)
-    return path
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer, _extra_files=torchscript_extra_files(metadata))
+    return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_runner(path: str | os.PathLike[str], fmt: ExportFormat) -> Runner:
@@ -253,87 +260,126 @@ def export_model(
     int8_calibration: str | os.PathLike[str] | None = None,
     calibration_images: int | None = None,
     agreement_images: int = 256,
+    tolerance: float | None = None,
     **options: str,
 ) -> ExportResult:
     """Export ``model`` to ``path`` and compare the file's outputs with PyTorch's at ``check_batch``.
 
     The reference is ``model.eval()`` itself (not the folded copy), so the comparison covers the
-    folding too. ``info`` (default: class indices, ImageNet statistics) is written into the file.
-    ``preprocessing_in_graph``: the file takes ``uint8 (N, H, W, C)`` pixels and returns
-    probabilities; the reference is then PyTorch with the Python preprocessing and a softmax.
-    ``int8_calibration`` (``"digits"`` or an image folder; ONNX only): the file is int8, calibrated
-    on ``calibration_images`` images of it, and compared on ``agreement_images`` others.
+    folding too. ``info`` (default: class indices, ImageNet statistics) is written into the file;
+    it must name one class per model output. ``preprocessing_in_graph``: the file takes
+    ``uint8 (N, H, W, C)`` pixels and returns probabilities; the reference is then PyTorch with the
+    Python preprocessing and a softmax. ``int8_calibration`` (``"digits"`` or an image folder; ONNX
+    only): the file is int8, calibrated on ``calibration_images`` images of it, and compared on
+    ``agreement_images`` others. ``tolerance``: the largest relative difference accepted; a file
+    beyond it (or NaN) is not kept at ``path`` and the ``ValueError`` says by how much it missed.
     ``options`` go to the format's exporter (``exporter=`` for ONNX, ``method=`` for TorchScript).
-    Raises ``ValueError`` for an unknown format.
+    Raises ``ValueError`` for an unknown format or an ``img_size`` beyond
+    :data:`~cspnet.metadata.MAX_IMG_SIZE`; the file is written atomically
+    (:func:`cspnet.io.write_checked`).
 
-    >>> import cspnet, tempfile, os
-    >>> model = cspnet.create_model("cspdensenet_bc100", num_classes=10)
+    >>> import tempfile, os
+    >>> from cspnet.models import create_model
+    >>> model = create_model("cspdensenet_bc100", num_classes=10)
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     result = export_model(model, "torchscript", os.path.join(d, "m.pt"), img_size=32)
+    ...     result = export_model(model, "torchscript", os.path.join(d, "m.pt"), img_size=32, tolerance=1e-4)
     >>> result.check_batch != result.export_batch, result.max_rel_diff < 1e-5
     (True, True)
     """
-    import tempfile
-
-    writers = {"onnx": export_onnx, "torchscript": export_torchscript}
-    if fmt not in writers:
+    if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format {fmt!r} is not supported: expected one of {', '.join(EXPORT_FORMATS)}")
     if check_batch == export_batch:
         raise ValueError("check_batch must differ from export_batch: the check proves the batch axis is dynamic")
     if int8_calibration is not None and fmt != "onnx":
         raise ValueError(f"int8 quantisation writes ONNX files, not {fmt}: use format 'onnx'")
+    check_img_size(img_size, model, what="img_size")  # before anything the size of an image is allocated
     model = model.eval()
     info = (info or _model_info(model, img_size, in_chans)).with_(img_size=img_size, precision="fp32")
-    python_info = info  # what the reference computation is fed: float NCHW, normalised in Python
-    deployable = optimize_for_inference(model, channels_last=False) if optimize else model
-    names = {"input_name": "input", "output_name": "logits"} if fmt == "onnx" else {}
-    if preprocessing_in_graph:
-        deployable = PreprocessingInGraph(deployable, info.mean, info.std)
-        info = info.with_(input_format="uint8_nhwc", output="probabilities")
-        names = {"input_name": "image", "output_name": "probabilities"} if fmt == "onnx" else {}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="cspnet-export-") as tmp:
-        fp32_path = Path(tmp) / "fp32.onnx" if int8_calibration is not None else path
-        writers[fmt](deployable, fp32_path, _example_batch(info, export_batch), metadata=info.to_metadata(),
-                     **names, **options)  # type: ignore[operator]  # fmt: skip
-        fp32_bytes = fp32_path.stat().st_size
-        if int8_calibration is not None:
-            from cspnet.export.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
+    job = _ExportJob(model, fmt, Path(path), info, preprocessing_in_graph, optimize, export_batch, check_batch,
+                     int8_calibration, calibration_images or None, agreement_images, tolerance, options)  # fmt: skip
+    result = write_checked(job.path, job.write, job.check)
+    assert result is not None
+    return result
 
-            calibration_images = calibration_images or DEFAULT_CALIBRATION_IMAGES
-            quantize_int8(fp32_path, path, info, int8_calibration, count=calibration_images)
-            info = info.with_(precision="int8")
 
-    def reference(batch: Tensor) -> Tensor:
+@dataclass
+class _ExportJob:
+    """One :func:`export_model` call: :meth:`write` the file, :meth:`check` it against PyTorch."""
+
+    model: nn.Module
+    fmt: str
+    path: Path  # where the file ends up; write and check see a temporary beside it
+    info: ModelInfo  # what PyTorch's reference is fed: float NCHW, normalised in Python
+    preprocessing_in_graph: bool
+    optimize: bool
+    export_batch: int
+    check_batch: int
+    int8_calibration: str | os.PathLike[str] | None
+    calibration_images: int | None
+    agreement_images: int
+    tolerance: float | None
+    options: Mapping[str, str]
+    file_info: ModelInfo | None = None  # what the file says it takes: set by write
+    fp32_bytes: int = 0
+
+    def reference(self, batch: Tensor) -> Tensor:
         with torch.no_grad():
-            if not preprocessing_in_graph:
-                return model(batch)
-            return model(python_info.preprocess(batch.permute(0, 3, 1, 2))).softmax(dim=1)
+            if not self.preprocessing_in_graph:
+                return self.model(batch)
+            return self.model(self.info.preprocess(batch.permute(0, 3, 1, 2))).softmax(dim=1)
 
-    x = _example_batch(info, check_batch, seed=1)
-    expected, got = reference(x), load_runner(path, fmt)(x)
-    agreement, checked = None, 0
-    if int8_calibration is not None:
-        from cspnet.export.quantize import sample_images
+    def write(self, tmp: Path) -> None:
+        import tempfile
 
-        images = sample_images(int8_calibration, img_size, agreement_images, held_out=True,
-                               calibration_count=calibration_images or 0)  # fmt: skip
-        batch = info.preprocess(images)
-        agreement = float((reference(batch).argmax(1) == load_runner(path, fmt)(batch).argmax(1)).float().mean())
-        checked = len(images)
-    return ExportResult(
-        path=path,
-        format=fmt,
-        export_batch=export_batch,
-        check_batch=check_batch,
-        max_abs_diff=(expected - got).abs().max().item() if expected.shape == got.shape else float("inf"),
-        max_rel_diff=relative_difference(expected, got),
-        precision=info.precision,
-        preprocessing_in_graph=preprocessing_in_graph,
-        file_bytes=path.stat().st_size,
-        fp32_file_bytes=fp32_bytes,
-        top1_agreement=agreement,
-        agreement_images=checked,
-        calibration=f"{calibration_images} images of {int8_calibration}" if int8_calibration else "",
-    )
+        info = self.info
+        deployable = optimize_for_inference(self.model, channels_last=False) if self.optimize else self.model
+        names = {"input_name": "input", "output_name": "logits"} if self.fmt == "onnx" else {}
+        if self.preprocessing_in_graph:
+            deployable = PreprocessingInGraph(deployable, info.mean, info.std)
+            info = info.with_(input_format="uint8_nhwc", output="probabilities")
+            names = {"input_name": "image", "output_name": "probabilities"} if self.fmt == "onnx" else {}
+        # The metadata must describe this graph: one class name per output (checked before writing).
+        info.check_output(self.reference(_example_batch(info, 1)), "the model to export")
+        writer: Callable[..., Path] = export_onnx if self.fmt == "onnx" else export_torchscript
+        with tempfile.TemporaryDirectory(prefix="cspnet-export-") as scratch:
+            fp32_path = Path(scratch) / "fp32.onnx" if self.int8_calibration is not None else tmp
+            writer(deployable, fp32_path, _example_batch(info, self.export_batch), metadata=info.to_metadata(),
+                   **names, **self.options)  # fmt: skip
+            self.fp32_bytes = fp32_path.stat().st_size
+            if self.int8_calibration is not None:
+                from cspnet.export.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
+
+                self.calibration_images = self.calibration_images or DEFAULT_CALIBRATION_IMAGES
+                quantize_int8(fp32_path, tmp, info, self.int8_calibration, count=self.calibration_images)
+                info = info.with_(precision="int8")
+        self.file_info = info
+
+    def check(self, tmp: Path) -> ExportResult:
+        info = self.file_info
+        assert info is not None, "write() runs first"
+        x = _example_batch(info, self.check_batch, seed=1)
+        expected, got = self.reference(x), load_runner(tmp, self.fmt)(x)  # type: ignore[arg-type]
+        agreement, checked = None, 0
+        if self.int8_calibration is not None:
+            from cspnet.export.quantize import sample_images
+
+            images = sample_images(self.int8_calibration, info.img_size, self.agreement_images, held_out=True,
+                                   calibration_count=self.calibration_images or 0)  # fmt: skip
+            batch = info.preprocess(images)
+            run = load_runner(tmp, self.fmt)  # type: ignore[arg-type]
+            agreement = float((self.reference(batch).argmax(1) == run(batch).argmax(1)).float().mean())
+            checked = len(images)
+        result = ExportResult(
+            path=self.path, format=self.fmt, export_batch=self.export_batch, check_batch=self.check_batch,
+            max_abs_diff=(expected - got).abs().max().item() if expected.shape == got.shape else float("inf"),
+            max_rel_diff=relative_difference(expected, got), precision=info.precision,
+            preprocessing_in_graph=self.preprocessing_in_graph, file_bytes=tmp.stat().st_size,
+            fp32_file_bytes=self.fp32_bytes, top1_agreement=agreement, agreement_images=checked,
+            calibration=f"{self.calibration_images} images of {self.int8_calibration}" if self.int8_calibration else "",
+        )  # fmt: skip
+        if self.tolerance is not None and not result.within(self.tolerance):  # also catches NaN
+            raise ValueError(
+                f"the exported file does not reproduce PyTorch: relative difference {result.max_rel_diff:.3g} "
+                f"exceeds {self.tolerance:g}; nothing was written to {self.path}"
+            )
+        return result

@@ -5,7 +5,7 @@ onnxruntime's own tool does the work (``onnxruntime.quantization.quantize_static
 kernels and OpenVINO reads as its own FakeQuantize), int8 weights per output channel, uint8
 activations with ranges from the min/max seen on the calibration images. The calibration images come
 from the user's data (``DATA/train/<class>/*`` or ``DATA/<class>/*``) or the digits' training split,
-preprocessed exactly as the model's :class:`~cspnet.inference.ModelInfo` says. Images not used for
+preprocessed exactly as the model's :class:`~cspnet.metadata.ModelInfo` says. Images not used for
 calibration (the held-out digits, ``DATA/val`` or the rest of the folder) check the result.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cspnet.metadata import ModelInfo
+from cspnet.metadata import ModelInfo, write_onnx_metadata
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,6 @@ def quantize_int8(
             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=op_types,
         )  # fmt: skip
-    from cspnet.export.formats import write_onnx_metadata
-
     write_onnx_metadata(int8_path, info.with_(precision="int8").to_metadata())
     log.info("int8: calibrated on %d images of %s", len(images), calibration_data)
     return int8_path

@@ -12,21 +12,20 @@ written by ``cspnet export`` (ONNX or TorchScript, which carry their :class:`Mod
 from cspnet.cpu import has_native_bf16, physical_cores
 from cspnet.inference.engines import (
     BACKEND_EXTRAS,
-    BACKENDS,
-    PRECISIONS,
     BackendNotInstalledError,
     OnnxRuntimeEngine,
     OpenVinoEngine,
     TorchEngine,
     onnxruntime_session_options,
 )
-from cspnet.inference.model import InferenceModel, load_model, read_onnx_info
-from cspnet.metadata import ModelInfo, default_info
+from cspnet.inference.model import InferenceModel, load_model
+from cspnet.metadata import ModelInfo, default_info, read_onnx_info
+from cspnet.precision import BACKEND_PRECISIONS, BACKENDS
 
 __all__ = [
     "BACKENDS",
     "BACKEND_EXTRAS",
-    "PRECISIONS",
+    "BACKEND_PRECISIONS",
     "BackendNotInstalledError",
     "InferenceModel",
     "ModelInfo",

@@ -28,16 +28,24 @@ import torch
 from torch import Tensor, nn
 
 from cspnet.cpu import physical_cores
+from cspnet.precision import BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 BACKEND_EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # the pip package / cspnet extra
-PRECISIONS: dict[str, tuple[str, ...]] = {
-    "torch": ("fp32", "bf16"),
-    "onnxruntime": ("fp32", "int8"),
-    "openvino": ("fp32", "bf16", "int8"),
-}
+
+
+MESSAGE_LIMIT = 300  # characters of an engine's own error text kept in a one-line message
+
+
+def engine_message(exc: BaseException) -> str:
+    """An engine's error text as one short line (they span lines and repeat the file's path).
+
+    >>> engine_message(RuntimeError("Exception from src/core:\\n  cannot   read"))
+    'Exception from src/core: cannot read'
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
 
 class BackendNotInstalledError(ImportError):
@@ -123,7 +131,10 @@ class OnnxRuntimeEngine:
                  profile_prefix: str | None = None) -> None:  # fmt: skip
         ort = import_backend("onnxruntime")
         options = onnxruntime_session_options(threads, profile_prefix)
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own error types (Fail, InvalidGraph, ...) for a file it refuses
+            raise ValueError(f"{path}: onnxruntime cannot load it: {engine_message(exc)}") from exc
         self.input_name = self.session.get_inputs()[0].name
         self.threads = options.intra_op_num_threads
         self.setup = f"ORT_ENABLE_ALL, sequential, {self.threads} threads"
@@ -157,7 +168,10 @@ class OpenVinoEngine:
             # int8 files run their int8 ops in int8 either way; the rest stays f32 unless bf16 is asked for.
             hints.inference_precision: ov.Type.bf16 if precision == "bf16" else ov.Type.f32,
         }
-        self.compiled = core.compile_model(core.read_model(str(Path(path))), "CPU", config)
+        try:
+            self.compiled = core.compile_model(core.read_model(str(Path(path))), "CPU", config)
+        except Exception as exc:  # OpenVINO reports a file it refuses as a RuntimeError (or its own types)
+            raise ValueError(f"{path}: OpenVINO cannot load it: {engine_message(exc)}") from exc
         self.performance_hint = "LATENCY" if batch_size == 1 else "THROUGHPUT"
         self.streams = 1
         if self.performance_hint == "THROUGHPUT":

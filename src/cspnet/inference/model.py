@@ -22,19 +22,25 @@ import torch
 from torch import Tensor, nn
 
 from cspnet.inference.engines import (
-    BACKENDS,
-    PRECISIONS,
     OnnxRuntimeEngine,
     OpenVinoEngine,
     TorchEngine,
+    engine_message,
     import_backend,
 )
-from cspnet.metadata import ModelInfo, default_info
+from cspnet.metadata import (
+    TORCHSCRIPT_METADATA,
+    ModelInfo,
+    check_img_size,
+    default_info,
+    read_onnx_info,
+    read_torchscript_info,
+)
+from cspnet.precision import BACKEND_PRECISIONS, BACKENDS
 
 log = logging.getLogger(__name__)
 
 ONNX_SUFFIXES = (".onnx",)
-TORCHSCRIPT_METADATA = "cspnet.json"  # the extra file of a TorchScript archive that holds the ModelInfo
 
 
 class Engine(Protocol):
@@ -75,8 +81,12 @@ class InferenceModel:
     def preprocess(self, images_uint8: Tensor) -> Tensor:
         return self.info.preprocess(images_uint8)
 
-    def check_input(self, batch: Tensor) -> None:
-        """``ValueError`` saying what the model takes when ``batch`` does not fit it."""
+    def check_input(self, batch: Tensor) -> Tensor:
+        """``batch`` as the engine takes it, else ``ValueError`` saying what the model takes.
+
+        A float model accepts any floating dtype (float64 from NumPy, bf16, fp16), cast to float32
+        here so that every engine takes the same inputs; a uint8 model takes uint8 pixels only.
+        """
         expected = self.info.input_shape
         uint8 = self.info.input_format == "uint8_nhwc"
         layout = "uint8 (N, H, W, C) pixels" if uint8 else "float (N, C, H, W), normalised"
@@ -85,15 +95,15 @@ class InferenceModel:
                 f"input batch of shape {tuple(batch.shape)} does not fit {self.info.model_name}: it takes "
                 f"{layout} of shape (N, {', '.join(map(str, expected))}) (img_size {self.info.img_size})"
             )
-        if uint8 != (batch.dtype == torch.uint8):
+        if uint8 != (batch.dtype == torch.uint8) or not (uint8 or batch.is_floating_point()):
             raise ValueError(f"input batch is {batch.dtype}; {self.info.model_name} takes {layout}")
+        return batch if uint8 else batch.float()
 
     def outputs(self, batch: Tensor | np.ndarray) -> list[Tensor]:
         """Every output of the model for ``batch`` (float32 tensors, batch first)."""
         if isinstance(batch, np.ndarray):
             batch = torch.from_numpy(batch)
-        self.check_input(batch)
-        return self.engine.run(batch)
+        return self.engine.run(self.check_input(batch))
 
     def __call__(self, batch: Tensor | np.ndarray) -> Tensor:
         return self.outputs(batch)[0]
@@ -114,41 +124,16 @@ class InferenceModel:
 
 def _is_torchscript(path: Path) -> bool:
     # torch.jit.save writes a zip archive with the code under <name>/code/; torch.save's zip has data.pkl only.
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
-
-
-def read_onnx_info(path: str | os.PathLike[str]) -> ModelInfo:
-    """The :class:`ModelInfo` an ONNX file carries; ``ValueError`` for a file that is not ONNX.
-
-    A file without cspnet metadata (exported elsewhere) gets its input side from the graph, class
-    indices as names and ImageNet normalisation, with a warning.
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    path = Path(path)
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc})") from exc
-    if not proto.graph.input or not proto.graph.output:
-        raise ValueError(f"{path} is not an ONNX model (no graph inputs or outputs)")
-    metadata = {p.key: p.value for p in proto.metadata_props}
-    if "model_name" in metadata:
-        return ModelInfo.from_metadata(metadata, source=str(path))
-    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    out_dims = [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or not dims[2] or dims[2] != dims[3] or len(out_dims) != 2 or not out_dims[1]:
-        raise ValueError(f"{path} has no cspnet metadata and is not a classifier of square images (input {dims})")
-    log.warning("%s has no cspnet metadata: assuming ImageNet normalisation and class indices as names", path)
-    return default_info(proto.graph.name or path.stem, out_dims[1], dims[2], in_chans=dims[1])
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):  # a damaged archive: whoever reads it says why
+        return False
 
 
 def _load_torchscript(path: Path) -> tuple[Any, ModelInfo]:
-    import json
     import warnings
 
     extra = {TORCHSCRIPT_METADATA: ""}
@@ -156,11 +141,31 @@ def _load_torchscript(path: Path) -> tuple[Any, ModelInfo]:
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated upstream
         try:
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except RuntimeError as exc:
-            raise ValueError(f"{path} is not a TorchScript archive torch.jit.load can read: {exc}") from exc
-    if not extra[TORCHSCRIPT_METADATA]:
-        raise ValueError(f"{path} has no cspnet metadata ({TORCHSCRIPT_METADATA}); re-export it with `cspnet export`")
-    return module.eval(), ModelInfo.from_metadata(json.loads(extra[TORCHSCRIPT_METADATA]), source=str(path))
+        except (RuntimeError, ValueError, OSError) as exc:  # torch.jit's own errors are RuntimeErrors
+            raise ValueError(f"{path} is not a TorchScript archive torch.jit.load can read: {engine_message(exc)}") from exc
+    return module.eval(), read_torchscript_info(extra, str(path))
+
+
+def _checked_against_graph(model: InferenceModel, source: Path) -> InferenceModel:
+    """``model`` after one image (zeros) went through its graph as the metadata describes it.
+
+    What a graph's declared shapes cannot say (a TorchScript graph declares none; an ONNX graph may
+    leave axes dynamic) shows here: an input the graph refuses, a class count that is not the
+    graph's, ``output="probabilities"`` on a graph of logits. Each is a one-line ``ValueError``.
+    """
+    info = model.info
+    probe = torch.zeros(1, *info.input_shape, dtype=torch.uint8 if info.input_type == "uint8" else torch.float32)
+    try:
+        first = model.engine.run(probe)[0]
+    except MemoryError:
+        raise
+    except Exception as exc:  # the engine's own error types (onnxruntime, OpenVINO, TorchScript)
+        raise ValueError(
+            f"{source}: the graph does not run on the input its metadata describes ({info.input_type} "
+            f"(1, {', '.join(map(str, info.input_shape))})): {engine_message(exc)}"
+        ) from exc
+    info.check_output(first, str(source))
+    return model
 
 
 def _torch_source(
@@ -169,12 +174,16 @@ def _torch_source(
 ) -> tuple[nn.Module, ModelInfo, Any]:  # fmt: skip
     """A registered name (with optional weights) or a ``cspnet train`` checkpoint -> model, info and the
     :class:`~cspnet.trained.TrainedModel` (``None`` for a registered name)."""
-    from cspnet import create_model, get_model_entry
+    from cspnet.models import create_model, get_model_entry
     from cspnet.trained import is_training_checkpoint, load_trained
 
     path = Path(source)
     if path.is_file() or path.suffix or os.sep in str(source):
         if path.is_file() and not is_training_checkpoint(path):
+            from cspnet.convert import load_torch_file
+
+            if path.suffix.lower() not in (".safetensors", ".weights"):
+                load_torch_file(path, "checkpoint")  # empty, truncated, refused: says which, in one line
             raise ValueError(
                 f"{path} is not a `cspnet train` checkpoint, an .onnx file or a TorchScript archive (for other "
                 "weight files pass the model name and weights=FILE)"
@@ -200,8 +209,9 @@ def _torch_source(
 
 
 def _check_precision(backend: str, precision: str) -> None:
-    if precision not in PRECISIONS[backend]:
-        raise ValueError(f"backend {backend!r} does not run {precision}: it runs {', '.join(PRECISIONS[backend])}")
+    runs = BACKEND_PRECISIONS[backend]
+    if precision not in runs:
+        raise ValueError(f"backend {backend!r} does not run {precision}: it runs {', '.join(runs)}")
 
 
 def load_model(
@@ -238,28 +248,17 @@ def load_model(
     Raises ``ValueError`` (or ``CheckpointError``, ``FileNotFoundError``) with one line for a source
     that is not a model, and :class:`BackendNotInstalledError` naming the extra for a missing engine.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is invalid: expected one of {', '.join(BACKENDS)}")
-    if backend != "torch":
-        import_backend(backend)  # a missing engine is the first thing to report
-    if batch_size < 1:
-        raise ValueError(f"batch_size {batch_size} is invalid: expected a positive integer")
+    _check_options(backend, batch_size, img_size)
     path = Path(source)
     if path.suffix.lower() in ONNX_SUFFIXES:
-        if backend == "torch":
-            raise ValueError(f"{path} is an ONNX file: run it with backend 'onnxruntime' or 'openvino'")
-        if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
-        info = read_onnx_info(path)
-        _check_size(info, img_size, path)
-        if expected_model and expected_model != info.model_name:
-            raise ValueError(f"{path} holds a {info.model_name!r} model, not {expected_model!r}")
-        return _onnx_model(path, info, backend, precision, batch_size=batch_size, threads=threads,
-                           calibration_data=calibration_data, calibration_images=calibration_images)  # fmt: skip
+        info = _onnx_file_info(path, backend, img_size, expected_model)
+        loaded = _onnx_model(path, info, backend, precision, batch_size=batch_size, threads=threads,
+                             calibration_data=calibration_data, calibration_images=calibration_images)  # fmt: skip
+        return _checked_against_graph(loaded, path)
     if path.is_file() and _is_torchscript(path):
         if backend != "torch":
             raise ValueError(f"{path} is TorchScript, which runs on backend 'torch'; export ONNX for {backend}")
-        return _torchscript_model(path, precision, img_size, threads)
+        return _checked_against_graph(_torchscript_model(path, precision, img_size, threads), path)
     model, info, trained = _torch_source(
         source, weights=weights, num_classes=num_classes, img_size=img_size, overrides=overrides or {}, ema=ema,
         expected_model=expected_model,
@@ -268,6 +267,30 @@ def load_model(
                             calibration_data=calibration_data, calibration_images=calibration_images)  # fmt: skip
     loaded.trained = trained
     return loaded
+
+
+def _check_options(backend: str, batch_size: int, img_size: int | None) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is invalid: expected one of {', '.join(BACKENDS)}")
+    if backend != "torch":
+        import_backend(backend)  # a missing engine is the first thing to report
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} is invalid: expected a positive integer")
+    if img_size is not None:
+        check_img_size(img_size, what="img_size")
+
+
+def _onnx_file_info(path: Path, backend: str, img_size: int | None, expected_model: str | None) -> ModelInfo:
+    """The checked metadata of an ONNX file that ``backend`` is to run."""
+    if backend == "torch":
+        raise ValueError(f"{path} is an ONNX file: run it with backend 'onnxruntime' or 'openvino'")
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    info = read_onnx_info(path)
+    _check_size(info, img_size, path)
+    if expected_model and expected_model != info.model_name:
+        raise ValueError(f"{path} holds a {info.model_name!r} model, not {expected_model!r}")
+    return info
 
 
 def _torchscript_model(path: Path, precision: str | None, img_size: int | None, threads: int | None) -> InferenceModel:

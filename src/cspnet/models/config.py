@@ -37,6 +37,11 @@ def transition_b_ratio_field(default: float | None) -> Any:
     )
 
 
+class UnknownFieldError(ValueError, TypeError):
+    """A config field that does not exist: bad input (a ``ValueError``, one line from the CLI) and, as
+    for any unexpected keyword argument, a ``TypeError`` to Python callers."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Fields every family shares."""
@@ -70,10 +75,10 @@ class ModelConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     def replace(self: _Config, **overrides: Any) -> _Config:
-        """A copy with ``overrides`` applied; unknown names raise ``TypeError`` listing the valid ones."""
+        """A copy with ``overrides`` applied; unknown names raise :class:`UnknownFieldError` listing the valid ones."""
         unknown = sorted(set(overrides) - set(self.field_names()))
         if unknown:
-            raise TypeError(
+            raise UnknownFieldError(
                 f"unknown config field(s) {', '.join(unknown)} for {type(self).__name__}; "
                 f"valid fields: {', '.join(self.field_names())}"
             )

@@ -69,9 +69,9 @@ def create_model(
     entry = get_model_entry(name)
     if num_classes is None:
         num_classes = entry.num_classes
-    if not isinstance(num_classes, int) or num_classes < 0:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:  # True is an int
         raise ValueError(f"num_classes={num_classes!r} is invalid: expected an integer >= 0")
-    if not isinstance(in_chans, int) or in_chans < 1:
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans={in_chans!r} is invalid: expected an integer >= 1")
     config = entry.config.replace(**overrides) if overrides else entry.config
     model: Any = entry.builder(config, num_classes, in_chans)

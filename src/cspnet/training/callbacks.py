@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 
@@ -44,7 +43,9 @@ class AtomicCheckpointIO(CheckpointIO):
             ) from exc
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        from cspnet.convert import load_torch_file
+
+        return load_torch_file(path, "checkpoint")
 
     def remove_checkpoint(self, path: Any) -> None:
         Path(path).unlink(missing_ok=True)

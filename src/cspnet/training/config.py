@@ -28,18 +28,15 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from cspnet.fields import bounded, check_fields, one_of
-from cspnet.precision import LIGHTNING_ALIASES, TRAINING_PRECISIONS, canonical
+from cspnet.metadata import MAX_IMG_SIZE  # the one bound on input sides (L0)
+from cspnet.precision import TRAINING_PRECISION_CHOICES as PRECISIONS  # noqa: F401  (the --precision choices)
+from cspnet.precision import canonical
 
-# The project's names (cspnet.precision), then Lightning's, accepted as aliases and stored as the
-# short names. "64" is not offered: kornia's augmentation is float32-only, so a double run fails in
-# its first step.
-PRECISIONS = (*TRAINING_PRECISIONS, *LIGHTNING_ALIASES)
 OPTIMIZERS = ("sgd", "adamw")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # CSPDenseNet-BC-40: 1,438 8x8 digits do not need DenseNet-BC-100's depth, which trains ~3x slower on a CPU.
 DEFAULT_MODEL = "cspdensenet_bc40"
 DIGITS_IMG_SIZE = 16  # the digits are 8x8; 16 keeps DenseNet-BC's two poolings meaningful and fast on CPU
-MAX_IMG_SIZE = 4096  # beyond this a single image's activations exceed any machine's memory
 MAX_BATCH_SIZE = 1 << 16  # far beyond any memory; a bound keeps absurd values out of the data loaders
 MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
 # What may differ between a run and its resumption: nothing that changes the result, except the

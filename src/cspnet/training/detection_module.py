@@ -16,6 +16,7 @@ from cspnet.detection.loss import YoloLoss
 from cspnet.detection.metrics import coco_metrics
 from cspnet.models.detectors.model import Detector
 from cspnet.ops.postprocess import detections
+from cspnet.training.detection_config import DetectionTrainConfig
 from cspnet.training.resumable import ResumableModule
 
 EVAL_CANDIDATES = 1000  # the best-scored boxes per image entering NMS at evaluation (of ~1000 x classes)
@@ -35,6 +36,7 @@ class DetectorModule(ResumableModule):
     """
 
     TASK = "detection"
+    CONFIG = DetectionTrainConfig
     model: Detector
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -12,6 +12,7 @@ import torchmetrics
 from torch import Tensor
 
 from cspnet.data.transforms import BatchAugment, MixupCutmix
+from cspnet.training.config import TrainConfig
 from cspnet.training.resumable import ResumableModule
 
 __all__ = ["ClassifierModule"]
@@ -21,6 +22,7 @@ class ClassifierModule(ResumableModule):
     """Trains a registered classifier on uint8 image batches ``(images, class indices)``."""
 
     TASK = "classification"
+    CONFIG = TrainConfig
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -21,6 +21,7 @@ import torch
 import torchmetrics
 from torch import Tensor
 
+from cspnet.training.config import RunConfig
 from cspnet.training.ema import ModelEma
 from cspnet.training.schedule import WarmupCosine
 
@@ -50,6 +51,7 @@ class ResumableModule(L.LightningModule):
     """
 
     TASK: str = ""  # the task name (cspnet.training.tasks), recorded in every checkpoint
+    CONFIG: type[RunConfig]  # the task's config class: the saved train_config is read back with it
     CHECKPOINT_KEYS: tuple[str, ...] = ("model_name", "model_overrides", "num_classes", "class_names", "img_size",
                                         "mean", "std")  # fmt: skip
     cfg: Any
@@ -61,9 +63,7 @@ class ResumableModule(L.LightningModule):
         self.save_hyperparameters()
         from cspnet.data.transforms import Normalize
         from cspnet.models import create_model
-        from cspnet.training.tasks import get_task
-
-        self.cfg = get_task(self.TASK).config_class.from_dict(train_config)
+        self.cfg = self.CONFIG.from_dict(train_config)
         model = create_model(model_name, num_classes=num_classes, **model_overrides)
         if self.cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)  # type: ignore[operator]

@@ -55,13 +55,14 @@ def explicit_fields(config: Any) -> set[str]:
 
 def read_resume_checkpoint(path: Path, task: str, command: str) -> dict[str, Any]:
     """The ``last.ckpt`` of a run, checked to be a whole training checkpoint of ``task``."""
+    from cspnet.convert import CheckpointError, load_torch_file
+
     if path.stat().st_size == 0:
         raise ValueError(f"--resume: {path} is empty (a write was cut off); remove it to start the run afresh")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or not a torch file
-        raise ValueError(f"--resume: {path} cannot be read ({type(exc).__name__}); it is truncated or not a "
-                         "checkpoint") from exc  # fmt: skip
+        ckpt = load_torch_file(path, "checkpoint")
+    except CheckpointError as exc:  # truncated, corrupt, refused, or not a torch file
+        raise ValueError(f"--resume: {exc}; remove it to start the run afresh") from exc
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or not isinstance(hparams.get("train_config"), dict) or "loops" not in ckpt:
         raise ValueError(f"--resume: {path} is not a `{command}` checkpoint (no training state in it)")

@@ -1,5 +1,8 @@
 """The measurement engine of ``cspnet benchmark``: throughput, latency and peak memory of one setup.
 
+It lives with the engines it measures (it runs models through :func:`load_model`); training steps
+are measured here too, with the same timer and memory probe, so that one table compares both.
+
 Every measurement can run in a fresh Python process (:func:`measure_isolated`): the peak memory of one
 run cannot leak into the next, and allocator caches start empty. Peak memory is the process's
 resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` once the model,
@@ -34,10 +37,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cspnet.precision import PRECISIONS  # noqa: E402  (one vocabulary: see cspnet.precision)
+from cspnet.precision import BACKENDS, PRECISIONS
 
-MODES = ("inference", "train")
-BACKENDS = ("torch", "onnxruntime", "openvino")
+MODES = ("inference", "train")  # what a row measures: a forward pass, or a training step
 
 
 @dataclass(frozen=True)
@@ -155,8 +157,8 @@ def measure(spec: BenchSpec) -> dict[str, Any]:
     """Run ``spec`` in this process and return its numbers (see :func:`measure_isolated`)."""
     import torch
 
-    from cspnet import create_model, get_model_entry
     from cspnet.export import optimize_for_inference
+    from cspnet.models import create_model, get_model_entry
     from cspnet.runtime import tune_cpu_allocator
 
     _check(spec)
@@ -170,7 +172,7 @@ def measure(spec: BenchSpec) -> dict[str, Any]:
     threads, engine_setup = torch.get_num_threads(), ""
 
     if spec.mode == "inference" and _uses_inference_model(spec):
-        from cspnet.inference import load_model
+        from cspnet.inference.model import load_model
 
         built = {} if spec.source else {"img_size": img, "overrides": spec.overrides}
         loaded = load_model(
@@ -262,7 +264,7 @@ def measure_isolated(spec: BenchSpec, timeout: float | None = None) -> dict[str,
     Keys: the spec's fields plus ``img_per_s``, ``latency_ms`` (median batch time), ``peak_mib``
     (memory added by the steps, see the module docstring), ``steps`` and ``threads``.
     """
-    code = "from cspnet.profiling.measure import _worker; _worker()"
+    code = "from cspnet.inference.benchmark import _worker; _worker()"
     proc = subprocess.run(
         [sys.executable, "-c", code], input=json.dumps(asdict(spec)), capture_output=True, text=True,
         timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"},
