@@ -85,8 +85,8 @@ def test_resume_takes_the_run_settings_and_more_epochs_extend_it(finished_run, t
     ("content", "message"),
     [
         (b"", "is empty"),
-        ("truncated", "cannot be read"),
-        (b"not a checkpoint at all", "cannot be read"),
+        ("truncated", "the checkpoint is truncated or corrupt"),
+        (b"not a checkpoint at all", "is not plain PyTorch data"),
         ("weights", "is not a `cspnet train` checkpoint"),
     ],
 )

@@ -99,10 +99,13 @@ def _output_folder(output: str | None, checkpoint: str) -> Path:
     out = Path(output) if output else Path(checkpoint).parent
     if out.exists() and not out.is_dir():
         raise CLIError(f"--output {out} is a file: the results go into a folder")
+    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         check_writable(out)
     except RunFolderError as exc:
         raise CLIError(str(exc)) from exc
+    for folder in created:  # made only to probe: a command that fails later leaves nothing behind
+        folder.rmdir()
     return out
 
 
