@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cspnet.cli.options import add_config_overrides, parse_overrides
+from cspnet.ops.thresholds import EVALUATE, PREDICT
 
 _FIELD_OF = {"overrides": "model_overrides"}
 _NOT_CONFIG = {"func", "command", "action", "verbose"}
@@ -126,8 +127,8 @@ def _add_val(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--images", help="COCO: the image folder")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--conf", type=float, default=0.001, help="score threshold (default 0.001, as COCO evaluations)")
-    p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
+    p.add_argument("--conf", type=float, default=EVALUATE.conf_threshold, help="score threshold (default %(default)s, as COCO evaluations)")
+    p.add_argument("--iou", type=float, default=EVALUATE.iou_threshold, help="NMS IoU threshold (default %(default)s)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="evaluate the raw weights, not the EMA")
     p.add_argument("--output", metavar="DIR", help="where val.json goes (default: the checkpoint's folder)")
     p.set_defaults(func=run_val)
@@ -155,8 +156,8 @@ def run_val(args: argparse.Namespace) -> int:
     )
     from cspnet.detection.metrics import coco_metrics
     from cspnet.detection.training import load_trained_detector
-    from cspnet.detection.training.module import EVAL_CANDIDATES, split_targets
-    from cspnet.ops.postprocess import detections
+    from cspnet.detection.training.module import split_targets
+    from cspnet.ops.postprocess import postprocess_numpy
 
     _check_thresholds(args.conf, args.iou)
     trained = load_trained_detector(args.checkpoint, ema=args.ema)
@@ -171,8 +172,8 @@ def run_val(args: argparse.Namespace) -> int:
         for images, targets in DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
                                           collate_fn=collate_detection):  # fmt: skip
             boxes, scores = trained.model.decode(trained.model(images.float() / 255.0))
-            found += detections(boxes, scores, (images.shape[-2], images.shape[-1]), args.conf, args.iou, 100,
-                                EVAL_CANDIDATES)  # fmt: skip
+            found += postprocess_numpy(boxes, scores, (images.shape[-2], images.shape[-1]), **EVALUATE.replace(
+                conf_threshold=args.conf, iou_threshold=args.iou).kwargs())  # fmt: skip
             truth += split_targets(targets, images.shape[0])
     metrics = coco_metrics(truth, found, trained.class_names)
     result = {"checkpoint": str(args.checkpoint), "model": trained.name, "images": len(truth), **metrics}
@@ -189,9 +190,9 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("predict", help="detect objects in images; PNGs with boxes drawn and a COCO-results JSON")
     p.add_argument("images", nargs="+", metavar="IMAGE|FOLDER", help="image files or folders of images")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="last.ckpt / best.ckpt of `cspnet detect train`")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--max-detections", type=int, default=100)
+    p.add_argument("--conf", type=float, default=PREDICT.conf_threshold, help="score threshold (default %(default)s)")
+    p.add_argument("--iou", type=float, default=PREDICT.iou_threshold, help="NMS IoU threshold (default %(default)s)")
+    p.add_argument("--max-detections", type=int, default=PREDICT.max_detections, help="per image (default %(default)s)")
     p.add_argument("--output", default="runs/detect-predict", metavar="DIR",
                    help="where <image>.png and results.json go (default runs/detect-predict)")
     p.set_defaults(func=run_predict)
@@ -247,7 +248,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from cspnet.cli.main import CLIError
     from cspnet.detection.data import letterbox_image, open_image
     from cspnet.detection.training import load_trained_detector
-    from cspnet.ops.postprocess import detections
+    from cspnet.ops.postprocess import postprocess_numpy
 
     _check_thresholds(args.conf, args.iou)
     if args.max_detections < 1:
@@ -267,7 +268,7 @@ def run_predict(args: argparse.Namespace) -> int:
         x, lb = letterbox_image(image, trained.img_size)
         with torch.inference_mode():
             boxes, scores = trained.model.decode(trained.model(x[None].float() / 255.0))
-        found = detections(boxes, scores, (trained.img_size, trained.img_size), args.conf, args.iou, args.max_detections)[0]
+        found = postprocess_numpy(boxes, scores, (trained.img_size, trained.img_size), args.conf, args.iou, args.max_detections)[0]
         on_image = lb.to_image(found["boxes"]).tolist()
         names = [trained.class_names[int(k)] for k in found["labels"]]
         scores_list = [float(s) for s in found["scores"]]
@@ -301,9 +302,9 @@ def _add_export(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--img-size", type=int, help="input side (default: the checkpoint's, else the model's)")
     p.add_argument("--nms", action="store_true", help="add ONNX NonMaxSuppression: output detections (M, 7)")
-    p.add_argument("--conf", type=float, default=0.25, help="NMS score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--max-detections", type=int, default=100, help="per image and class (default 100)")
+    p.add_argument("--conf", type=float, default=PREDICT.conf_threshold, help="NMS score threshold (default %(default)s)")
+    p.add_argument("--iou", type=float, default=PREDICT.iou_threshold, help="NMS IoU threshold (default %(default)s)")
+    p.add_argument("--max-detections", type=int, default=PREDICT.max_detections, help="per image (default %(default)s)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative difference from PyTorch")
     p.set_defaults(func=run_export)
 

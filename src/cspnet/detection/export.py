@@ -1,12 +1,35 @@
-"""A detector as ONNX: dynamic batch, box decoding inside, NMS optional (ONNX ``NonMaxSuppression``).
+"""A detector as ONNX: dynamic batch, box decoding inside, post-processing optional.
 
 Inputs ``images``: float ``(N, 3, S, S)`` in [0, 1], letterboxed as in training. Outputs:
 
 * without NMS: ``boxes`` ``(N, K, 4)`` xyxy input pixels and ``scores`` ``(N, K, C)``
   (objectness x class probability), as :meth:`Detector.decode` gives them;
-* with NMS: ``detections`` ``(M, 7)`` rows ``image index, x1, y1, x2, y2, score, class``, from ONNX's
-  ``NonMaxSuppression`` per image and class (class-aware, as the PyTorch detector's NMS), ordered by
-  image, class, then score.
+* with NMS: ``detections`` ``(M, 7)`` rows ``image index, x1, y1, x2, y2, score, class``: what
+  :meth:`Detector.detect` returns for the same thresholds, ordered by image, then score (highest
+  first; equal scores in (box, class) order, as :func:`cspnet.ops.postprocess.postprocess` orders them).
+
+The graph builds :mod:`cspnet.ops.postprocess`'s rule from ONNX operators, step by step:
+
+=====================================  ======================================================================
+rule                                   graph
+=====================================  ======================================================================
+1. candidates: score > conf, the best  ``TopK`` over each image's ``K x C`` scores (``max_candidates``; among
+   ``max_candidates``                  equal values ONNX ``TopK`` takes the lower index, i.e. (box, class)
+                                       order, the stable sort of the rule); the other scores become 0
+2. boxes clipped to the image          :func:`~cspnet.ops.boxes.clip_boxes` (``Max``/``Min``), before NMS
+3. class-aware NMS                     ``NonMaxSuppression`` per image and class (below)
+4. the best ``max_detections``         three stable sorts (``TopK``: (box, class), score, image) and a rank
+   per image                           within the image (``CumSum``), rows ranked ``max_detections`` and
+                                       more dropped
+=====================================  ======================================================================
+
+ONNX ``NonMaxSuppression`` (as onnxruntime runs it) keeps a box of a class when its score is
+strictly greater than ``score_threshold`` and suppresses one whose IoU with a kept box of the
+class is strictly greater than ``iou_threshold``, taking equal scores in box order: the rule's
+step 3 for one class. Its ``max_output_boxes_per_class`` is set to ``max_detections``: no class can
+hold more than ``max_detections`` of an image's best ``max_detections``, so cutting each class
+there first changes nothing. The result equals ``detect()`` up to float rounding of the decoded
+boxes in onnxruntime (a box whose IoU or score lies within rounding of a threshold can go either way).
 """
 
 from __future__ import annotations
@@ -21,7 +44,9 @@ import torch
 from torch import Tensor, nn
 
 from cspnet.models.detectors.model import Detector
+from cspnet.ops.boxes import clip_boxes
 from cspnet.ops.nms import batched_nms
+from cspnet.ops.thresholds import PREDICT, Thresholds
 
 
 class _OnnxNms(torch.autograd.Function):
@@ -30,6 +55,8 @@ class _OnnxNms(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, boxes: Tensor, scores: Tensor, max_per_class: Tensor, iou: Tensor, conf: Tensor) -> Tensor:
         # boxes (N, K, 4), scores (N, C, K) -> selected (M, 3): image, class, box index.
+        if torch.jit.is_tracing():  # exported as the symbolic below: a selection here would be traced, then dropped
+            return torch.zeros(1, 3, dtype=torch.long)
         rows = []
         for b in range(boxes.shape[0]):
             for c in range(scores.shape[1]):
@@ -45,24 +72,78 @@ class _OnnxNms(torch.autograd.Function):
         return g.op("NonMaxSuppression", boxes, scores, max_per_class, iou, conf, center_point_box_i=0)
 
 
-class ExportableDetector(nn.Module):
-    """``detector`` with decoding (and optionally NMS) in its forward, for ONNX."""
+class _StableTopK(torch.autograd.Function):
+    """The first ``k`` (``0``: all) of a stable sort along the last axis: ONNX ``TopK`` when exported,
+    which takes the lower index first among equal values, as ``torch.sort(stable=True)`` does."""
 
-    def __init__(self, detector: Detector, nms: bool = False, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
-                 max_per_class: int = 100) -> None:  # fmt: skip
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, k: int, largest: bool) -> Tensor:
+        index = torch.sort(x, dim=-1, descending=largest, stable=True)[1]
+        return index[..., :k] if k else index
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, k: int, largest: bool) -> Any:
+        if k:
+            count = g.op("Constant", value_t=torch.tensor([k], dtype=torch.long))
+        else:
+            count = g.op("Shape", x, start_i=-1)
+        _, index = g.op("TopK", x, count, axis_i=-1, largest_i=int(largest), sorted_i=1, outputs=2)
+        return index
+
+
+def _stable_order(x: Tensor, k: int = 0, largest: bool = False) -> Tensor:
+    order = _StableTopK.apply(x, k, largest)
+    assert isinstance(order, Tensor)
+    return order
+
+
+def nms_detections(boxes: Tensor, scores: Tensor, image_size: tuple[int, int], limits: Thresholds) -> Tensor:
+    """:func:`cspnet.ops.postprocess.postprocess` as one traceable graph (see the module docstring):
+    decoded ``boxes`` ``(N, K, 4)`` and ``scores`` ``(N, K, C)`` -> ``(M, 7)`` detection rows."""
+    n, k, c = scores.shape
+    # 1. candidates: the best max_candidates scores of each image keep their value, the others become 0
+    #    (never above the threshold: conf_threshold >= 0 and the comparison is strict).
+    flat = scores.reshape(n, k * c)
+    best = _stable_order(flat, min(limits.max_candidates, k * c), largest=True)
+    chosen = torch.zeros_like(flat).scatter(1, best, 1.0) > 0
+    candidates = torch.where(chosen, flat, torch.zeros_like(flat)).reshape(n, k, c)
+    # 2. clip, 3. NMS per image and class.
+    clipped = clip_boxes(boxes, float(image_size[0]), float(image_size[1]))
+    selected = _OnnxNms.apply(clipped, candidates.transpose(1, 2).contiguous(),
+                              torch.tensor([limits.max_detections]), torch.tensor([limits.iou_threshold]),
+                              torch.tensor([limits.conf_threshold]))  # fmt: skip
+    assert isinstance(selected, Tensor)
+    image, label, index = selected[:, 0], selected[:, 1], selected[:, 2]
+    # 4. order by image, score (highest first), (box, class): stable sorts, the least significant key first.
+    order = _stable_order(index * c + label)
+    image, label, index = image[order], label[order], index[order]
+    order = _stable_order(candidates[image, index, label], largest=True)
+    image, label, index = image[order], label[order], index[order]
+    order = _stable_order(image)
+    image, label, index = image[order], label[order], index[order]
+    score = candidates[image, index, label]
+    # Rank within the image: rows are grouped by image, so a running count per image.
+    same_image = (image[:, None] == torch.arange(boxes.shape[0], device=image.device)[None, :]).long()
+    rank = (same_image.cumsum(0) * same_image).sum(1) - 1
+    rows = torch.cat([image[:, None].float(), clipped[image, index], score[:, None], label[:, None].float()], 1)
+    return rows[rank < limits.max_detections]
+
+
+class ExportableDetector(nn.Module):
+    """``detector`` with decoding (and optionally post-processing, :func:`nms_detections`) in its forward, for ONNX."""
+
+    def __init__(self, detector: Detector, nms: bool = False, conf_threshold: float = PREDICT.conf_threshold,
+                 iou_threshold: float = PREDICT.iou_threshold, max_detections: int = PREDICT.max_detections,
+                 max_candidates: int = PREDICT.max_candidates) -> None:  # fmt: skip
         super().__init__()
         self.detector, self.nms = detector.eval(), nms
-        self.conf, self.iou, self.max_per_class = conf_threshold, iou_threshold, max_per_class
+        self.limits = Thresholds(conf_threshold, iou_threshold, max_detections, max_candidates)
 
     def forward(self, images: Tensor) -> Any:
         boxes, scores = self.detector.decode(self.detector(images))
         if not self.nms:
             return boxes, scores
-        selected = _OnnxNms.apply(boxes, scores.transpose(1, 2).contiguous(), torch.tensor([self.max_per_class]),
-                                  torch.tensor([self.iou]), torch.tensor([self.conf]))  # fmt: skip
-        image, label, index = selected[:, 0], selected[:, 1], selected[:, 2]
-        return torch.cat([image[:, None].float(), boxes[image, index], scores[image, index, label][:, None],
-                          label[:, None].float()], 1)  # fmt: skip
+        return nms_detections(boxes, scores, (int(images.shape[-2]), int(images.shape[-1])), self.limits)
 
 
 @dataclass
@@ -78,15 +159,19 @@ class DetectorExport:
 
 
 def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_size: int, nms: bool = False,
-                         conf_threshold: float = 0.25, iou_threshold: float = 0.45, max_per_class: int = 100,
+                         conf_threshold: float = PREDICT.conf_threshold, iou_threshold: float = PREDICT.iou_threshold,
+                         max_detections: int = PREDICT.max_detections, max_candidates: int = PREDICT.max_candidates,
                          opset: int = 18) -> DetectorExport:  # fmt: skip
-    """Write the ONNX file, then run it in onnxruntime on a batch of another size and compare with PyTorch."""
+    """Write the ONNX file, then run it in onnxruntime on a batch of another size and compare with PyTorch.
+
+    With ``nms``, a different number of detections (or any other shape) is an infinite difference.
+    """
     import onnxruntime as ort
 
     from cspnet.export.formats import relative_difference
 
     path = Path(path)
-    module = ExportableDetector(detector, nms, conf_threshold, iou_threshold, max_per_class).eval()
+    module = ExportableDetector(detector, nms, conf_threshold, iou_threshold, max_detections, max_candidates).eval()
     names = ("detections",) if nms else ("boxes", "scores")
     example = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     dynamic = {"images": {0: "batch"}, **({"detections": {0: "detections"}} if nms else {n: {0: "batch"} for n in names})}
@@ -100,6 +185,10 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
     with torch.no_grad():
         expected = module(check)
     expected = [expected] if nms else list(expected)
-    diff = max(relative_difference(e.float(), g.float()) if e.numel() else float(g.numel() != 0)
-               for e, g in zip(expected, got))  # fmt: skip
-    return DetectorExport(path, 2, diff, names)
+
+    def difference(e: Tensor, g: Tensor) -> float:
+        if e.shape != g.shape:
+            return float("inf")
+        return relative_difference(e.float(), g.float()) if e.numel() else 0.0
+
+    return DetectorExport(path, 2, max(difference(e, g) for e, g in zip(expected, got)), names)

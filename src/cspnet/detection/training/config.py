@@ -21,6 +21,7 @@ from typing import Any
 
 from cspnet.detection.loss import BOX_LOSSES
 from cspnet.fields import bounded, check_fields, one_of
+from cspnet.ops.thresholds import EVALUATE
 from cspnet.precision import TRAINING_PRECISIONS, canonical
 from cspnet.training.config import (
     ACCELERATORS,
@@ -81,9 +82,9 @@ class DetectionTrainConfig:
     checkpoint_every: int = bounded(50, 0, integer=True)
     limit_train_batches: int | None = bounded(None, 1, integer=True, optional=True)
     # Evaluation: COCO scores every detection, so the threshold is low (as COCO evaluations use).
-    eval_conf: float = bounded(0.001, 0.0, 1.0)
-    eval_iou: float = bounded(0.6, 0.0, 1.0)
-    max_detections: int = bounded(100, 1, integer=True)
+    eval_conf: float = bounded(EVALUATE.conf_threshold, 0.0, 1.0)
+    eval_iou: float = bounded(EVALUATE.iou_threshold, 0.0, 1.0)
+    max_detections: int = bounded(EVALUATE.max_detections, 1, integer=True)
 
     def __post_init__(self) -> None:
         self.precision = canonical(self.precision)  # Lightning's names -> the short ones

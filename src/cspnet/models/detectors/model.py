@@ -20,8 +20,10 @@ from torch import Tensor, nn
 from cspnet.models.backbone import Backbone, FeatureExtractor, FeatureInfo, init_weights
 from cspnet.models.detectors.blocks import pad_to_multiple
 from cspnet.models.detectors.config import DetectorConfig
-from cspnet.models.detectors.head import YoloHead, decode, postprocess
+from cspnet.models.detectors.head import YoloHead, decode
 from cspnet.models.detectors.necks import EFM, NECK_CLASSES, Neck
+from cspnet.ops.postprocess import postprocess
+from cspnet.ops.thresholds import PREDICT, Thresholds
 
 
 def select_levels(info: FeatureInfo, neck: str, backbone: str) -> tuple[list[int], int]:
@@ -114,19 +116,18 @@ class Detector(nn.Module):
     def detect(
         self,
         images: Tensor,
-        conf_threshold: float = 0.25,
-        iou_threshold: float = 0.45,
-        max_detections: int = 300,
+        conf_threshold: float = PREDICT.conf_threshold,
+        iou_threshold: float = PREDICT.iou_threshold,
+        max_detections: int = PREDICT.max_detections,
+        max_candidates: int = PREDICT.max_candidates,
     ) -> list[dict[str, Tensor]]:
         """Per image: ``boxes`` (M, 4) xyxy in input pixels, ``scores`` (M,), ``labels`` (M,) after
-        class-aware NMS; the model's train/eval mode is left as it is (call ``eval()`` first)."""
-        if not 0.0 <= conf_threshold <= 1.0 or not 0.0 <= iou_threshold <= 1.0:
-            raise ValueError(
-                f"conf_threshold={conf_threshold} and iou_threshold={iou_threshold} must lie in [0, 1]"
-            )
+        :func:`cspnet.ops.postprocess.postprocess` (defaults: :data:`~cspnet.ops.postprocess.PREDICT`);
+        the model's train/eval mode is left as it is (call ``eval()`` first)."""
+        limits = Thresholds(conf_threshold, iou_threshold, max_detections, max_candidates)  # checks them
         boxes, scores = self.decode(self(images))
         size = [int(images.shape[-2]), int(images.shape[-1])]
-        return postprocess(boxes, scores, size, conf_threshold, iou_threshold, max_detections)
+        return postprocess(boxes, scores, size, **limits.kwargs())
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
