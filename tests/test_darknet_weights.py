@@ -125,7 +125,7 @@ def test_wrong_size_raises_a_clear_error(tmp_path: Path) -> None:
     write_darknet(path, cfg_layers(depths), feat_chs)
     truncated = tmp_path / "truncated.weights"
     truncated.write_bytes(path.read_bytes()[:-4])
-    with pytest.raises(CheckpointError, match=r"does not fit darknet53_paper: its 16 conv layers need [\d,]+ floats"):
+    with pytest.raises(CheckpointError, match=r"does not fit darknet53_paper: its 16 conv layers and classifier need [\d,]+ floats plus 1,025 per class"):
         cspnet.create_model("darknet53_paper", depths=depths, pretrained=truncated)
     # A file for another network (all depths 1) does not fit the full Darknet-53.
     with pytest.raises(CheckpointError, match="does not fit darknet53_paper.*another network"):

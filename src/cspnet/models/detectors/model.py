@@ -17,9 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cspnet.convert.darknet import DarknetLayout
 from cspnet.models.backbone import Backbone, FeatureExtractor, FeatureInfo, init_weights
 from cspnet.models.detectors.blocks import pad_to_multiple
 from cspnet.models.detectors.config import DetectorConfig
+from cspnet.models.detectors.darknet import detector_darknet_layout
 from cspnet.models.detectors.head import YoloHead, decode
 from cspnet.models.detectors.necks import NECK_CLASSES, Neck
 from cspnet.ops.postprocess import postprocess
@@ -129,6 +131,10 @@ class Detector(nn.Module):
         boxes, scores = self.decode(self(images))
         size = [int(images.shape[-2]), int(images.shape[-1])]
         return postprocess(boxes, scores, size, **limits.kwargs())
+
+    def darknet_layout(self) -> DarknetLayout:
+        """The layer order of this detector in darknet ``.weights`` files (the one reader asks for it)."""
+        return detector_darknet_layout(self.backbone, self.neck, self.head)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
