@@ -63,9 +63,11 @@ def shape_iou(wh: Tensor, anchors: Tensor) -> Tensor:
     >>> shape_iou(torch.tensor([[4.0, 4.0]]), torch.tensor([[2.0, 2.0], [4.0, 4.0], [8.0, 2.0]])).tolist()[0][:2]
     [0.25, 1.0]
     """
-    inter = torch.minimum(wh[:, None, 0], anchors[None, :, 0]) * torch.minimum(wh[:, None, 1], anchors[None, :, 1])
-    union = wh[:, None].prod(-1) + anchors[None].prod(-1) - inter
-    return inter / union.clamp(min=1e-9)
+
+    def centred(sizes: Tensor) -> Tensor:
+        return box_convert(torch.cat([torch.zeros_like(sizes), sizes], 1), "cxcywh", "xyxy")
+
+    return box_iou(centred(wh), centred(anchors))
 
 
 class YoloLoss(nn.Module):

@@ -33,10 +33,10 @@ def select_candidates(scores: Tensor, conf_threshold: float, max_candidates: int
     """Step 1 of the rule for one image's ``scores`` ``(K, C)``: ``(box index, class, score)`` of each candidate.
 
     >>> s = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.7]])
-    >>> [t.tolist() for t in select_candidates(s, 0.3, 3)]
+    >>> [t.tolist() for t in select_candidates(s, 0.3, 4)]          # (box, class) order
     [[0, 1, 1, 2], [0, 0, 1, 1], [0.8999999761581421, 0.5, 0.5, 0.699999988079071]]
-    >>> [t.tolist() for t in select_candidates(s, 0.3, 2)]
-    [[0, 2], [0, 1], [0.8999999761581421, 0.699999988079071]]
+    >>> [t.tolist() for t in select_candidates(s, 0.3, 3)]          # the best 3; of equal scores the first
+    [[0, 2, 1], [0, 1, 0], [0.8999999761581421, 0.699999988079071, 0.5]]
     """
     pairs = torch.nonzero(scores > conf_threshold)  # (box, class) order
     index, label = pairs[:, 0], pairs[:, 1]
