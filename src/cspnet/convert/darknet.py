@@ -1,4 +1,5 @@
-"""Darknet ``.weights`` files -> this library's layout, for the ``_paper`` ResNe(X)t / Darknet models.
+"""Darknet ``.weights`` files -> this library's layout: the one ``.weights`` reader, for the ``_paper``
+ResNe(X)t / Darknet classifiers and every model that states its darknet layer order (the detectors).
 
 The format (darknet's ``save_weights``): a header of int32 ``major, minor, revision`` and ``seen``
 (int64 when ``major * 10 + minor >= 2``, else int32), then, for every ``[convolutional]`` layer in cfg
@@ -13,9 +14,15 @@ The cfg order of a model here is its module order, with two differences a CSP st
 * the cfg concatenates ``[T output, bypass]`` before U, this library ``[bypass, T output]``, so U's
   input channels are rotated on reading.
 
-The classifier (a 1x1 conv after the global pool) is ``head.fc``; its class count is inferred from the
-floats left after the backbone, so a file for 1000 classes loads into a model with another
-``num_classes`` with everything but the classifier (see :func:`~cspnet.convert.load_weights`).
+Both hold for a CSP stage anywhere in a model (:func:`csp_conv_layers`), a detector's CSP neck included.
+
+Layers with biases and no batch norm whose size depends on the class count (a classifier, ``head.fc``,
+a 1x1 conv after the global pool; a detector's prediction convs) come in the model's
+:class:`DarknetLayout` as :class:`DarknetOutput`; the file's class count is inferred from the floats
+left after the fixed layers, so a file for 1000 classes loads into a model with another
+``num_classes`` with everything but those layers. A model states its order with a
+``darknet_layout()`` method (the detectors); without one it is read as a classifier
+(:func:`classifier_layout`).
 """
 
 from __future__ import annotations

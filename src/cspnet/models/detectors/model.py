@@ -125,7 +125,7 @@ class Detector(nn.Module):
         max_candidates: int = PREDICT.max_candidates,
     ) -> list[dict[str, Tensor]]:
         """Per image: ``boxes`` (M, 4) xyxy in input pixels, ``scores`` (M,), ``labels`` (M,) after
-        :func:`cspnet.ops.postprocess.postprocess` (defaults: :data:`~cspnet.ops.postprocess.PREDICT`);
+        :func:`cspnet.ops.postprocess.postprocess` (defaults: :data:`~cspnet.ops.thresholds.PREDICT`);
         the model's train/eval mode is left as it is (call ``eval()`` first)."""
         limits = Thresholds(conf_threshold, iou_threshold, max_detections, max_candidates)  # checks them
         boxes, scores = self.decode(self(images))
