@@ -137,3 +137,19 @@ def test_models_darknet_cannot_describe_are_refused(tmp_path: Path) -> None:
     path.write_bytes(struct.pack("<3iq", 0, 2, 0, 0) + bytes(400))
     with pytest.raises(CheckpointError, match="darknet .weights"):
         cspnet.create_model("densenet121", pretrained=path)
+
+
+def test_a_file_without_the_classifier_loads_the_backbone_with_a_warning(tmp_path: Path, caplog) -> None:
+    """darknet's `partial` output (e.g. darknet53.conv.74) holds the conv layers only."""
+    import logging
+
+    depths, cfg_layers, feat_chs = CASES["darknet53_paper"]
+    expected = write_darknet(tmp_path / "d.weights", cfg_layers(depths), feat_chs, classes=0)
+    torch.manual_seed(0)
+    fresh = cspnet.create_model("darknet53_paper", depths=depths)
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING):
+        model = cspnet.create_model("darknet53_paper", depths=depths, pretrained=tmp_path / "d.weights")
+    assert "classifier not loaded: the checkpoint has 0 classes, the model 1000" in caplog.text
+    assert torch.equal(model.stages[4].down.conv.weight, expected["stages.4.down.conv.weight"])
+    assert torch.equal(model.head.fc.weight, fresh.head.fc.weight)
