@@ -270,9 +270,9 @@ def darknet_file(path: Path, floats: int, header: tuple[int, int, int] = (0, 2, 
 
 
 def backbone_floats() -> int:
-    from cspnet.convert.darknet import _layer_floats, darknet_layers
+    from cspnet.convert.darknet import darknet_layers, layer_floats
 
-    return sum(_layer_floats(layer) for layer in darknet_layers(darknet_model()))
+    return sum(layer_floats(layer) for layer in darknet_layers(darknet_model()))
 
 
 @FUZZ

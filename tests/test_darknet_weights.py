@@ -125,7 +125,7 @@ def test_wrong_size_raises_a_clear_error(tmp_path: Path) -> None:
     write_darknet(path, cfg_layers(depths), feat_chs)
     truncated = tmp_path / "truncated.weights"
     truncated.write_bytes(path.read_bytes()[:-4])
-    with pytest.raises(CheckpointError, match=r"does not fit darknet53_paper: its 16 conv layers need [\d,]+ floats"):
+    with pytest.raises(CheckpointError, match=r"does not fit darknet53_paper: its 16 conv layers and classifier need [\d,]+ floats plus 1,025 per class"):
         cspnet.create_model("darknet53_paper", depths=depths, pretrained=truncated)
     # A file for another network (all depths 1) does not fit the full Darknet-53.
     with pytest.raises(CheckpointError, match="does not fit darknet53_paper.*another network"):
@@ -137,3 +137,19 @@ def test_models_darknet_cannot_describe_are_refused(tmp_path: Path) -> None:
     path.write_bytes(struct.pack("<3iq", 0, 2, 0, 0) + bytes(400))
     with pytest.raises(CheckpointError, match="darknet .weights"):
         cspnet.create_model("densenet121", pretrained=path)
+
+
+def test_a_file_without_the_classifier_loads_the_backbone_with_a_warning(tmp_path: Path, caplog) -> None:
+    """darknet's `partial` output (e.g. darknet53.conv.74) holds the conv layers only."""
+    import logging
+
+    depths, cfg_layers, feat_chs = CASES["darknet53_paper"]
+    expected = write_darknet(tmp_path / "d.weights", cfg_layers(depths), feat_chs, classes=0)
+    torch.manual_seed(0)
+    fresh = cspnet.create_model("darknet53_paper", depths=depths)
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING):
+        model = cspnet.create_model("darknet53_paper", depths=depths, pretrained=tmp_path / "d.weights")
+    assert "classifier not loaded: the checkpoint has 0 classes, the model 1000" in caplog.text
+    assert torch.equal(model.stages[4].down.conv.weight, expected["stages.4.down.conv.weight"])
+    assert torch.equal(model.head.fc.weight, fresh.head.fc.weight)

@@ -112,6 +112,78 @@ def test_any_backbone_with_any_neck(backbone: str, overrides: dict, neck: str) -
         assert [o.shape[1:] for o in model(torch.randn(1, 3, 64, 64))] == [(27, 8, 8), (27, 4, 4), (27, 2, 2)]
 
 
+# Every backbone with every neck, through the small registered detector (whose own backbone_overrides,
+# small_input=False, mean nothing to most backbones: create_model drops them). On the meta device
+# (shapes, no arithmetic); the backbones the issue named run by default, the rest under `slow`.
+NAMED_BACKBONES = ("csppeleenet", "cspdarknet53", "cspresnext50_paper", "peleenet")
+BACKBONE_NECKS = [
+    pytest.param(backbone, neck, marks=() if backbone in NAMED_BACKBONES else pytest.mark.slow, id=f"{backbone}-{neck}")
+    for backbone in cspnet.list_models(task="classification")
+    for neck in NECKS
+]
+
+
+@pytest.mark.parametrize(("backbone", "neck"), BACKBONE_NECKS)
+def test_every_backbone_builds_with_every_neck(backbone: str, neck: str) -> None:
+    with torch.device("meta"):
+        model = cspnet.create_model(SMALL, num_classes=2, backbone=backbone, neck=neck).eval()
+        stride = model.max_stride
+        shapes = outputs_shapes(model, torch.empty(1, 3, 2 * stride, 2 * stride))
+    assert model.config.backbone == backbone and model.strides == [stride // 4, stride // 2, stride]
+    assert shapes == [(1, 21, 8, 8), (1, 21, 4, 4), (1, 21, 2, 2)]
+
+
+def test_backbone_overrides_that_name_no_field_of_the_backbone_are_an_error() -> None:
+    with pytest.raises(ValueError, match="backbone_overrides small_input invalid for backbone='csppeleenet'"):
+        cspnet.create_model(SMALL, backbone="csppeleenet", backbone_overrides={"small_input": False})
+    # Given with the new backbone, the overrides are the user's: kept and applied.
+    model = cspnet.create_model(SMALL, backbone="csppeleenet", backbone_overrides={"growth_rate": 16})
+    assert model.config.backbone_overrides == (("growth_rate", 16),)
+
+
+# The neck's CSP stacks come from the stage factory: neck_partial_ratio and neck_fusion change the
+# built stages exactly as plan_stage says (a stack sized by hand ignores them).
+@pytest.mark.parametrize("neck", NECKS)
+@pytest.mark.parametrize(("ratio", "fusion"), [(0.5, "csp"), (0.25, "csp"), (0.75, "fusion_first"), (0.5, "fusion_last")])
+def test_neck_stacks_are_the_stages_plan_stage_plans(neck: str, ratio: float, fusion: str) -> None:
+    from cspnet.layers import CrossStagePartial, plan_stage
+
+    model = cspnet.create_model(SMALL, num_classes=2, neck=neck, spp=True, neck_csp=True, neck_partial_ratio=ratio,
+                                neck_fusion=fusion).eval()  # fmt: skip
+    stages = [m for m in model.neck.modules() if isinstance(m, CrossStagePartial)]
+    assert len(stages) >= 4
+    for stage in stages:
+        in_chs = stage.conv_exp.conv.in_channels
+        width = stage.conv_exp.conv.out_channels // 2
+        plan = plan_stage(in_chs, ratio, lambda c: c, fusion=fusion, out_chs=width, exp_chs=2 * width,
+                          transition_b_ratio=1.0, plain_transition=False)  # fmt: skip
+        assert stage.bypass_chs == plan.bypass_chs
+        assert stage.blocks[0][0].conv.in_channels == plan.block_in_chs
+        has_t, has_u = not isinstance(stage.conv_transition_b, nn.Identity), not isinstance(stage.conv_transition, nn.Identity)
+        assert (has_t, has_u) == (plan.transition_b_chs is not None, plan.transition_chs is not None)
+        if has_t:
+            assert stage.conv_transition_b.conv.out_channels == plan.transition_b_chs
+        if has_u:
+            assert (stage.conv_transition.conv.in_channels, stage.conv_transition.conv.out_channels) == (
+                plan.cat_chs, plan.transition_chs
+            )  # fmt: skip
+    # Outputs: the neck's widths as the plans say (fusion_last: no U, bypass + T), through the heads.
+    expected = [plan_stage(w, ratio, lambda c: c, fusion=fusion, out_chs=w, exp_chs=2 * w, transition_b_ratio=1.0,
+                           plain_transition=False).out_chs for w in model.config.neck_widths]  # fmt: skip
+    assert list(model.neck.out_chs) == expected
+    with torch.no_grad():
+        features = model.neck(model.backbone(torch.randn(1, 3, 64, 64)))
+        assert [f.shape[1] for f in features] == expected
+        assert [o.shape[1] for o in model(torch.randn(1, 3, 64, 64))] == [21, 21, 21]
+
+
+def test_maxout_is_checked_on_the_widths_efm_concatenates() -> None:
+    """With fusion_last the top's stack puts out 2 x 128 channels: F2 joins 128 + 256, which 3 divides."""
+    with torch.device("meta"):
+        model = cspnet.create_model(SMALL, neck_csp=True, neck_fusion="fusion_last", spp=True, maxout=3)
+    assert model.neck.fuse2.maxout_chs == (128 + 256) // 3
+
+
 def test_detect_returns_per_image_boxes_in_input_pixels() -> None:
     model = cspnet.create_model(SMALL, num_classes=5).eval()
     results = model.detect(torch.randn(3, 3, 70, 100), conf_threshold=0.3, iou_threshold=0.5, max_detections=50)
@@ -213,6 +285,11 @@ def test_maxout_shrinks_what_efm_concatenates() -> None:
         ({"backbone_overrides": {"small_input": True}}, "neck='efm' needs a backbone level finer than stride 1"),
         ({"backbone": "cspdensenet_bc40", "backbone_overrides": {}}, "needs a backbone level finer"),
         ({"input_padding": "crop"}, "input_padding='crop' is invalid"),
+        ({"neck_fusion": "fusion_last"}, "neck_fusion='fusion_last' is only used with neck_csp=True"),
+        ({"neck_partial_ratio": 0.25}, "neck_partial_ratio=0.25 is only used with neck_csp=True"),
+        ({"neck_csp": True, "neck_partial_ratio": 1.0}, "neck_partial_ratio=1.0 is out of range"),
+        ({"neck_csp": True, "neck_fusion": "late"}, "neck_fusion='late' is invalid"),
+        ({"neck_csp": True, "spp": True, "maxout": 3}, r"maxout=3 does not divide the 256 channels neck='efm' concatenates at scale 2 \(128 \+ 128"),
     ],
 )
 def test_invalid_configs_name_the_problem(overrides: dict, message: str) -> None:

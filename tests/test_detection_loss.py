@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from cspnet.detection.loss import YoloLoss, generalized_iou
+from cspnet.detection.loss import YoloLoss
+from cspnet.ops.boxes import generalized_iou
 
 # Two scales (strides 8 and 16), two anchors each: small ones at stride 8, large at stride 16.
 ANCHORS = torch.tensor([[[6.0, 6.0], [12.0, 6.0]], [[20.0, 20.0], [40.0, 30.0]]])

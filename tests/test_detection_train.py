@@ -9,12 +9,10 @@ import random
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 
 from cspnet.detection.metrics import coco_metrics
-from cspnet.ops.postprocess import detections, greedy_nms
 from cspnet.training import DetectionTrainConfig, fit, load_trained
 from detection_data import make_shapes
 
@@ -144,20 +142,3 @@ def test_coco_metrics_on_hand_made_cases():
     assert none["map"] == 0.0 and none["map50"] == 0.0
     empty = coco_metrics([{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}], half, ["a", "b"])
     assert empty["map"] is None and empty["per_class"] == {"a": None, "b": None}  # undefined, not NaN
-
-
-def test_fast_postprocessing_matches_the_detectors_own():
-    from cspnet.models.detectors.head import postprocess
-
-    gen = torch.Generator().manual_seed(0)
-    boxes = torch.rand(3, 400, 2, generator=gen) * 50
-    boxes = torch.cat([boxes, boxes + torch.rand(3, 400, 2, generator=gen) * 20], 2)
-    scores = torch.rand(3, 400, 4, generator=gen) ** 3
-    scores[0, :5] = 0.5  # ties
-    for conf, iou in ((0.001, 0.6), (0.3, 0.45)):
-        expected = postprocess(boxes, scores, [64, 64], conf, iou, 100, 1000)
-        got = detections(boxes, scores, (64, 64), conf, iou, 100, 1000)
-        for e, g in zip(expected, got):
-            assert torch.equal(e["labels"], g["labels"]) and torch.equal(e["scores"], g["scores"])
-            torch.testing.assert_close(e["boxes"], g["boxes"])
-    assert greedy_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0), 0.5).tolist() == []

@@ -57,8 +57,6 @@ LAYERS: dict[str, int] = {
 # entry is (importer, imported module, kind). An entry that no longer occurs fails
 # test_the_allow_list_has_no_stale_entries, so the list cannot outlive the fixes.
 ALLOWED: set[tuple[str, str, str]] = {
-    # The boxes branch: one .weights reader in convert.darknet (_read_layer, _layer_floats).
-    ("cspnet.models.detectors.darknet", "cspnet.convert.darknet", "private"),
     # The data branch: data.folder._split_indices made public.
     ("cspnet.detection.data.digits", "cspnet.data.folder", "private"),
 }

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cspnet.ops.thresholds import EVALUATE
+
 
 # -- the data ----------------------------------------------------------------------------------------
 def evaluation_set(task: str, train_config: dict[str, Any], img_size: int, class_names: Sequence[str],
@@ -188,14 +190,17 @@ def _collate_boxes(items: list[Any]) -> tuple[Tensor, Tensor, int]:
     return images, targets, len(items) - len(kept)
 
 
-def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str], conf: float = 0.001, iou: float = 0.6,
-                      max_detections: int = 100, batch_size: int = 32, workers: int = 0) -> DetectionResult:  # fmt: skip
+def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str], conf: float = EVALUATE.conf_threshold,
+                      iou: float = EVALUATE.iou_threshold, max_detections: int = EVALUATE.max_detections,
+                      batch_size: int = 32, workers: int = 0) -> DetectionResult:  # fmt: skip
     """Every decodable image of ``dataset`` (letterboxed uint8 images with their boxes) through the
     PyTorch ``model`` (a :class:`~cspnet.models.detectors.Detector` taking pixels in [0, 1]), scored by
     COCO's own evaluation; the post-processing and thresholds are the validation's of training."""
     from cspnet.detection.metrics import coco_metrics
-    from cspnet.ops.postprocess import detections
-    from cspnet.training.detection_module import EVAL_CANDIDATES, split_targets
+    from cspnet.ops.postprocess import postprocess_numpy
+    from cspnet.training.detection_module import split_targets
+
+    limits = EVALUATE.replace(conf_threshold=conf, iou_threshold=iou, max_detections=max_detections)
 
     truth: list[dict[str, Tensor]] = []
     found: list[dict[str, Tensor]] = []
@@ -206,8 +211,7 @@ def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str], conf
             if not len(images):
                 continue
             boxes, scores = model.decode(model(images.float() / 255.0))
-            found += detections(boxes, scores, (images.shape[-2], images.shape[-1]), conf, iou, max_detections,
-                                EVAL_CANDIDATES)  # fmt: skip
+            found += postprocess_numpy(boxes, scores, (images.shape[-2], images.shape[-1]), **limits.kwargs())
             truth += split_targets(targets, images.shape[0])
     return DetectionResult(coco_metrics(truth, found, list(class_names)), len(truth), skipped, truth, found)
 

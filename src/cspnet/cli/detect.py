@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cspnet.cli.options import positive_int
+from cspnet.ops.thresholds import EVALUATE, PREDICT
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -84,8 +85,9 @@ def _add_val(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--images", help="COCO: the image folder")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--conf", type=float, default=None, help="score threshold (default: the run's, 0.001 as COCO evaluations)")
-    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the run's, 0.6)")
+    p.add_argument("--conf", type=float, default=None,
+                   help=f"score threshold (default: the run's, {EVALUATE.conf_threshold} as COCO evaluations)")
+    p.add_argument("--iou", type=float, default=None, help=f"NMS IoU threshold (default: the run's, {EVALUATE.iou_threshold})")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="evaluate the raw weights, not the EMA")
     p.add_argument("--output", metavar="DIR", help="where val.json goes (default: the checkpoint's folder)")
     p.set_defaults(func=run_val)
@@ -146,9 +148,9 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("predict", help="detect objects in images; PNGs with boxes drawn and a COCO-results JSON")
     p.add_argument("images", nargs="+", metavar="IMAGE|FOLDER", help="image files or folders of images")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="last.ckpt / best.ckpt of `cspnet detect train`")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--max-detections", type=positive_int, default=100)
+    p.add_argument("--conf", type=float, default=PREDICT.conf_threshold, help="score threshold (default %(default)s)")
+    p.add_argument("--iou", type=float, default=PREDICT.iou_threshold, help="NMS IoU threshold (default %(default)s)")
+    p.add_argument("--max-detections", type=positive_int, default=PREDICT.max_detections, help="per image (default %(default)s)")
     p.add_argument("--output", default="runs/detect-predict", metavar="DIR",
                    help="where <image>.png and results.json go (default runs/detect-predict)")
     p.set_defaults(func=run_predict)
@@ -225,7 +227,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from cspnet.cli.main import CLIError
     from cspnet.detection.data import letterbox_image, open_image
     from cspnet.io import atomic_path, atomic_write_text, dumps_json
-    from cspnet.ops.postprocess import detections
+    from cspnet.ops.boxes import box_convert
+    from cspnet.ops.postprocess import postprocess_numpy
 
     _check_thresholds(args)
     files = _image_files(args.images)
@@ -243,16 +246,18 @@ def run_predict(args: argparse.Namespace) -> int:
         x, lb = letterbox_image(image, size)
         with torch.inference_mode():
             boxes, scores = trained.model.decode(trained.model(x[None].float() / 255.0))
-        found = detections(boxes, scores, (size, size), args.conf, args.iou, args.max_detections)[0]
-        on_image = lb.to_image(found["boxes"]).tolist()
+        found = postprocess_numpy(boxes, scores, (size, size), **PREDICT.replace(
+            conf_threshold=args.conf, iou_threshold=args.iou, max_detections=args.max_detections).kwargs())[0]
+        image_boxes = lb.to_image(found["boxes"])
+        on_image = image_boxes.tolist()
         names = [trained.class_names[int(k)] for k in found["labels"]]
         scores_list = [float(s) for s in found["scores"]]
         with atomic_path(target) as tmp:
             draw_detections(image, on_image, names, scores_list).save(tmp, format="PNG")  # type: ignore[attr-defined]
-        for box, label, score in zip(on_image, found["labels"].tolist(), scores_list):
+        for box, label, score in zip(box_convert(image_boxes, "xyxy", "xywh").tolist(), found["labels"].tolist(),
+                                     scores_list):  # fmt: skip
             results.append({"image_id": image_id, "file_name": str(path), "category_id": int(label),
-                            "category": trained.class_names[int(label)],
-                            "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)],
+                            "category": trained.class_names[int(label)], "bbox": [round(v, 2) for v in box],
                             "score": round(score, 5)})  # fmt: skip
         print(f"{path}: {len(names)} object(s)" + (": " + ", ".join(f"{n} {s:.2f}" for n, s in zip(names, scores_list)) if names else ""))
     if len(failed) == len(files):
@@ -274,9 +279,10 @@ def _add_export(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--img-size", type=int, help="input side (default: the checkpoint's, else the model's)")
     p.add_argument("--nms", action="store_true", help="add ONNX NonMaxSuppression: output detections (M, 7)")
-    p.add_argument("--conf", type=float, default=0.25, help="NMS score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--max-detections", type=positive_int, default=100, help="per image and class (default 100)")
+    p.add_argument("--conf", type=float, default=PREDICT.conf_threshold, help="NMS score threshold (default %(default)s)")
+    p.add_argument("--iou", type=float, default=PREDICT.iou_threshold, help="NMS IoU threshold (default %(default)s)")
+    p.add_argument("--max-detections", type=positive_int, default=PREDICT.max_detections,
+                   help="per image (default %(default)s)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative difference from PyTorch")
     p.set_defaults(func=run_export)
 

@@ -10,13 +10,16 @@ them with :func:`cspnet.create_model` like any model::
 
 from cspnet.models.detectors.blocks import Maxout, SpatialAttention, SpatialPyramidPooling, conv_stack
 from cspnet.models.detectors.config import NECKS, YOLOV3_ANCHORS, DetectorConfig
-from cspnet.models.detectors.head import YoloHead, decode, postprocess
+from cspnet.models.detectors.head import YoloHead, decode
 from cspnet.models.detectors.model import Detector, build_detector
 from cspnet.models.detectors.necks import EFM, FPN, GFM, PANet
-from cspnet.ops.nms import batched_nms, box_iou
+from cspnet.ops.boxes import box_iou
+from cspnet.ops.nms import batched_nms
+from cspnet.ops.postprocess import EVALUATE, PREDICT, Thresholds, postprocess
 
 __all__ = [
     "EFM",
+    "EVALUATE",
     "FPN",
     "GFM",
     "NECKS",
@@ -25,8 +28,10 @@ __all__ = [
     "DetectorConfig",
     "Maxout",
     "PANet",
+    "PREDICT",
     "SpatialAttention",
     "SpatialPyramidPooling",
+    "Thresholds",
     "YoloHead",
     "batched_nms",
     "box_iou",

@@ -1,12 +1,35 @@
-"""A detector as ONNX: dynamic batch, box decoding inside, NMS optional (ONNX ``NonMaxSuppression``).
+"""A detector as ONNX: dynamic batch, box decoding inside, post-processing optional.
 
 Inputs ``images``: float ``(N, 3, S, S)`` in [0, 1], letterboxed as in training. Outputs:
 
 * without NMS: ``boxes`` ``(N, K, 4)`` xyxy input pixels and ``scores`` ``(N, K, C)``
   (objectness x class probability), as :meth:`Detector.decode` gives them;
-* with NMS: ``detections`` ``(M, 7)`` rows ``image index, x1, y1, x2, y2, score, class``, from ONNX's
-  ``NonMaxSuppression`` per image and class (class-aware, as the PyTorch detector's NMS), ordered by
-  image, class, then score.
+* with NMS: ``detections`` ``(M, 7)`` rows ``image index, x1, y1, x2, y2, score, class``: what
+  :meth:`Detector.detect` returns for the same thresholds, ordered by image, then score (highest
+  first; equal scores in (box, class) order, as :func:`cspnet.ops.postprocess.postprocess` orders them).
+
+The graph builds :mod:`cspnet.ops.postprocess`'s rule from ONNX operators, step by step:
+
+=====================================  ======================================================================
+rule                                   graph
+=====================================  ======================================================================
+1. candidates: score > conf, the best  ``TopK`` over each image's ``K x C`` scores (``max_candidates``; among
+   ``max_candidates``                  equal values ONNX ``TopK`` takes the lower index, i.e. (box, class)
+                                       order, the stable sort of the rule); the other scores become 0
+2. boxes clipped to the image          :func:`~cspnet.ops.boxes.clip_boxes` (``Max``/``Min``), before NMS
+3. class-aware NMS                     ``NonMaxSuppression`` per image and class (below)
+4. the best ``max_detections``         three stable sorts (``TopK``: (box, class), score, image) and a rank
+   per image                           within the image (``CumSum``), rows ranked ``max_detections`` and
+                                       more dropped
+=====================================  ======================================================================
+
+ONNX ``NonMaxSuppression`` (as onnxruntime runs it) keeps a box of a class when its score is
+strictly greater than ``score_threshold`` and suppresses one whose IoU with a kept box of the
+class is strictly greater than ``iou_threshold``, taking equal scores in box order: the rule's
+step 3 for one class. Its ``max_output_boxes_per_class`` is set to ``max_detections``: no class can
+hold more than ``max_detections`` of an image's best ``max_detections``, so cutting each class
+there first changes nothing. The result equals ``detect()`` up to float rounding of the decoded
+boxes in onnxruntime (a box whose IoU or score lies within rounding of a threshold can go either way).
 """
 
 from __future__ import annotations
@@ -21,7 +44,9 @@ import torch
 from torch import Tensor, nn
 
 from cspnet.models.detectors.model import Detector
+from cspnet.ops.boxes import clip_boxes
 from cspnet.ops.nms import batched_nms
+from cspnet.ops.thresholds import PREDICT, Thresholds
 
 
 class _OnnxNms(torch.autograd.Function):
@@ -30,6 +55,8 @@ class _OnnxNms(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, boxes: Tensor, scores: Tensor, max_per_class: Tensor, iou: Tensor, conf: Tensor) -> Tensor:
         # boxes (N, K, 4), scores (N, C, K) -> selected (M, 3): image, class, box index.
+        if torch.jit.is_tracing():  # exported as the symbolic below: a selection here would be traced, then dropped
+            return torch.zeros(1, 3, dtype=torch.long)
         rows = []
         for b in range(boxes.shape[0]):
             for c in range(scores.shape[1]):
@@ -45,24 +72,82 @@ class _OnnxNms(torch.autograd.Function):
         return g.op("NonMaxSuppression", boxes, scores, max_per_class, iou, conf, center_point_box_i=0)
 
 
-class ExportableDetector(nn.Module):
-    """``detector`` with decoding (and optionally NMS) in its forward, for ONNX."""
+class _StableTopK(torch.autograd.Function):
+    """The first ``k`` (``0``: all) of a stable sort along the last axis: ONNX ``TopK`` when exported,
+    which takes the lower index first among equal values, as ``torch.sort(stable=True)`` does."""
 
-    def __init__(self, detector: Detector, nms: bool = False, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
-                 max_per_class: int = 100) -> None:  # fmt: skip
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, k: int, largest: bool) -> Tensor:
+        index = torch.sort(x, dim=-1, descending=largest, stable=True)[1]
+        return index[..., :k] if k else index
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, k: int, largest: bool) -> Any:
+        if k:
+            count = g.op("Constant", value_t=torch.tensor([k], dtype=torch.long))
+        else:
+            count = g.op("Shape", x, start_i=-1)
+        _, index = g.op("TopK", x, count, axis_i=-1, largest_i=int(largest), sorted_i=1, outputs=2)
+        return index
+
+
+def _stable_order(x: Tensor, k: int = 0, largest: bool = False) -> Tensor:
+    order = _StableTopK.apply(x, k, largest)
+    assert isinstance(order, Tensor)
+    return order
+
+
+def nms_detections(boxes: Tensor, scores: Tensor, image_size: tuple[int, int], limits: Thresholds) -> Tensor:
+    """:func:`cspnet.ops.postprocess.postprocess` as one traceable graph (see the module docstring):
+    decoded ``boxes`` ``(N, K, 4)`` and ``scores`` ``(N, K, C)`` -> ``(M, 7)`` detection rows."""
+    n, k, c = scores.shape
+    # 1. candidates: the best max_candidates scores of each image keep their value, the others become 0
+    #    (never above the threshold: conf_threshold >= 0 and the comparison is strict).
+    flat = scores.reshape(n, k * c)
+    best = _stable_order(flat, min(limits.max_candidates, k * c), largest=True)
+    chosen = torch.zeros_like(flat).scatter(1, best, 1.0) > 0
+    candidates = torch.where(chosen, flat, torch.zeros_like(flat)).reshape(n, k, c)
+    # 2. clip, 3. NMS per image and class.
+    clipped = clip_boxes(boxes, float(image_size[0]), float(image_size[1]))
+    selected = _OnnxNms.apply(clipped, candidates.transpose(1, 2).contiguous(),
+                              torch.tensor([limits.max_detections]), torch.tensor([limits.iou_threshold]),
+                              torch.tensor([limits.conf_threshold]))  # fmt: skip
+    assert isinstance(selected, Tensor)
+    image, label, index = selected[:, 0], selected[:, 1], selected[:, 2]
+    # 4. order by image, score (highest first), (box, class): stable sorts, the least significant key first.
+    order = _stable_order(index * c + label)
+    image, label, index = image[order], label[order], index[order]
+    order = _stable_order(candidates[image, index, label], largest=True)
+    image, label, index = image[order], label[order], index[order]
+    order = _stable_order(image)
+    image, label, index = image[order], label[order], index[order]
+    score = candidates[image, index, label]
+    # Rank within the image: rows are grouped by image, so a running count per image.
+    same_image = (image[:, None] == torch.arange(boxes.shape[0], device=image.device)[None, :]).long()
+    rank = (same_image.cumsum(0) * same_image).sum(1) - 1
+    rows = torch.cat([image[:, None].float(), clipped[image, index], score[:, None], label[:, None].float()], 1)
+    return rows[rank < limits.max_detections]
+
+
+class ExportableDetector(nn.Module):
+    """``detector`` with decoding (and optionally post-processing, :func:`nms_detections`) in its forward, for ONNX."""
+
+    def __init__(self, detector: Detector, nms: bool = False, conf_threshold: float = PREDICT.conf_threshold,
+                 iou_threshold: float = PREDICT.iou_threshold, max_detections: int = PREDICT.max_detections,
+                 max_candidates: int = PREDICT.max_candidates) -> None:  # fmt: skip
         super().__init__()
         self.detector, self.nms = detector.eval(), nms
-        self.conf, self.iou, self.max_per_class = conf_threshold, iou_threshold, max_per_class
+        self.limits = Thresholds(conf_threshold, iou_threshold, max_detections, max_candidates)
 
     def forward(self, images: Tensor) -> Any:
-        boxes, scores = self.detector.decode(self.detector(images))
+        return self.finish(self.detector(images), (int(images.shape[-2]), int(images.shape[-1])))
+
+    def finish(self, maps: list[Tensor], image_size: tuple[int, int]) -> Any:
+        """The raw prediction maps -> the file's outputs: decoded ``(boxes, scores)``, or detection rows."""
+        boxes, scores = self.detector.decode(maps)
         if not self.nms:
             return boxes, scores
-        selected = _OnnxNms.apply(boxes, scores.transpose(1, 2).contiguous(), torch.tensor([self.max_per_class]),
-                                  torch.tensor([self.iou]), torch.tensor([self.conf]))  # fmt: skip
-        image, label, index = selected[:, 0], selected[:, 1], selected[:, 2]
-        return torch.cat([image[:, None].float(), boxes[image, index], scores[image, index, label][:, None],
-                          label[:, None].float()], 1)  # fmt: skip
+        return nms_detections(boxes, scores, image_size, self.limits)
 
 
 @dataclass
@@ -78,21 +163,28 @@ class DetectorExport:
 
 
 def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_size: int, nms: bool = False,
-                         conf_threshold: float = 0.25, iou_threshold: float = 0.45, max_per_class: int = 100,
+                         conf_threshold: float = PREDICT.conf_threshold, iou_threshold: float = PREDICT.iou_threshold,
+                         max_detections: int = PREDICT.max_detections, max_candidates: int = PREDICT.max_candidates,
                          opset: int = 18, tolerance: float | None = None) -> DetectorExport:  # fmt: skip
     """Write the ONNX file, then run it in onnxruntime on a batch of another size and compare with PyTorch.
 
     Written through :func:`cspnet.io.write_checked`: a temporary file beside ``path``, moved into
     place once checked, so a full disk or a failed check (``tolerance``: the largest relative
     difference accepted) leaves ``path`` as it was.
+
+    The check measures the export, not the conditioning of the network, in two parts (see
+    :func:`check_detector_file`): the file's raw prediction maps against PyTorch's, and the file's
+    outputs against PyTorch's decoding (and post-processing) of those very maps. An untrained
+    detector's maps reach thousands, and ``exp`` of a size logit turns float32 rounding there into
+    per-mille differences in box sizes: comparing decoded boxes alone would blame the export for that.
+    With ``nms``, a different number of detections (or any other shape) is an infinite difference.
     """
-    from cspnet.export.formats import relative_difference
     from cspnet.io import write_checked
     from cspnet.metadata import check_img_size
 
     check_img_size(img_size, detector, what="img_size")  # before an image of that size is allocated
     path = Path(path)
-    module = ExportableDetector(detector, nms, conf_threshold, iou_threshold, max_per_class).eval()
+    module = ExportableDetector(detector, nms, conf_threshold, iou_threshold, max_detections, max_candidates).eval()
     names = ("detections",) if nms else ("boxes", "scores")
 
     def write(tmp: Path) -> None:
@@ -104,16 +196,7 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
                               dynamic_axes=dynamic, opset_version=opset, dynamo=False)  # fmt: skip
 
     def check(tmp: Path) -> DetectorExport:
-        import onnxruntime as ort
-
-        batch = torch.rand(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(1))
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = [torch.from_numpy(v) for v in session.run(list(names), {"images": batch.numpy()})]
-        with torch.no_grad():
-            expected = module(batch)
-        expected = [expected] if nms else list(expected)
-        diff = max(relative_difference(e.float(), g.float()) if e.numel() else float(g.numel() != 0)
-                   for e, g in zip(expected, got))  # fmt: skip
+        diff = check_detector_file(tmp, module, img_size, names)
         if tolerance is not None and not diff <= tolerance:  # also NaN
             raise ValueError(f"the exported file does not reproduce PyTorch: relative difference {diff:.3g} exceeds "
                              f"{tolerance:g}; nothing was written to {path}")  # fmt: skip
@@ -122,3 +205,51 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
     result = write_checked(path, write, check)
     assert result is not None
     return result
+
+
+def _prediction_map_names(proto: Any, levels: int) -> list[str] | None:
+    """The tensors holding the head's raw prediction maps in an exported graph: the output of each
+    level's last convolution (the exporter names nodes by module path), or ``None`` if not found."""
+    found = []
+    for level in range(levels):
+        scope = f"/detector/head/levels.{level}/"
+        convs = [node for node in proto.graph.node if node.op_type == "Conv" and node.name.startswith(scope)]
+        if not convs:
+            return None
+        found.append(convs[-1].output[0])
+    return found
+
+
+def _difference(expected: Tensor, got: Tensor) -> float:
+    from cspnet.export.formats import relative_difference
+
+    if expected.shape != got.shape:
+        return float("inf")
+    return relative_difference(expected.float(), got.float()) if expected.numel() else 0.0
+
+
+def check_detector_file(path: Path, module: ExportableDetector, img_size: int, names: tuple[str, ...]) -> float:
+    """The largest relative difference between the ONNX file at ``path`` and ``module`` in PyTorch, on a
+    batch of 2 (the file was traced at 1): its raw prediction maps against PyTorch's, and its outputs
+    against PyTorch's decoding and post-processing of the file's own maps. Where the maps cannot be
+    found in the graph, the outputs are compared with PyTorch's end to end."""
+    import onnx
+    import onnxruntime as ort
+
+    batch = torch.rand(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(1))
+    proto = onnx.load(str(path))
+    maps = _prediction_map_names(proto, len(module.detector.strides))
+    if maps is not None:
+        for name in maps:  # the same graph, with the maps as extra outputs: the very computation shipped
+            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = [torch.from_numpy(v) for v in session.run([*names, *(maps or [])], {"images": batch.numpy()})]
+    with torch.no_grad():
+        if maps is None:
+            expected = module(batch)
+            return max(_difference(e, g) for e, g in zip([expected] if module.nms else list(expected), got))
+        outputs, file_maps = got[: len(names)], got[len(names) :]
+        network = max(_difference(e, g) for e, g in zip(module.detector(batch), file_maps))
+        finished = module.finish(file_maps, (img_size, img_size))
+        post = max(_difference(e, g) for e, g in zip([finished] if module.nms else list(finished), outputs))
+    return max(network, post)

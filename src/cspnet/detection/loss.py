@@ -12,9 +12,10 @@ pushed down for a good guess). Two boxes claiming the same cell and anchor: the 
 Losses, summed over each image and averaged over the batch (darknet's scale):
 
 * box, ``box_loss="offsets"`` (YOLOv3): squared error of ``sigmoid(tx), sigmoid(ty)`` to the
-  centre's offset in its cell and of ``tw, th`` to ``log(w / anchor_w), log(h / anchor_h)``,
-  weighted ``2 - w h / (W H)`` so small boxes count more; ``"giou"`` / ``"ciou"``: ``1 - GIoU``
-  (or ``1 - CIoU``) of the decoded box with the ground truth (the paper's Table 2 ablation);
+  centre's offset in its cell and of ``tw, th`` to ``log(w / anchor_w), log(h / anchor_h)``
+  (:func:`cspnet.ops.boxes.yolo_encode`), weighted ``2 - w h / (W H)`` so small boxes count more;
+  ``"giou"`` / ``"ciou"``: ``1 - GIoU`` (or ``1 - CIoU``) of the box decoded as inference decodes
+  it (:func:`cspnet.ops.boxes.yolo_decode`) with the ground truth (the paper's Table 2 ablation);
 * objectness: binary cross-entropy, over every prediction not ignored;
 * classes: binary cross-entropy per class (one-hot), at the assigned predictions.
 
@@ -31,14 +32,13 @@ A perfect prediction has a loss of about zero:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cspnet.ops.nms import box_iou
+from cspnet.ops.boxes import box_area, box_convert, box_iou, generalized_iou, yolo_decode, yolo_encode
 
 BOX_LOSSES = ("offsets", "giou", "ciou")
 
@@ -63,35 +63,11 @@ def shape_iou(wh: Tensor, anchors: Tensor) -> Tensor:
     >>> shape_iou(torch.tensor([[4.0, 4.0]]), torch.tensor([[2.0, 2.0], [4.0, 4.0], [8.0, 2.0]])).tolist()[0][:2]
     [0.25, 1.0]
     """
-    inter = torch.minimum(wh[:, None, 0], anchors[None, :, 0]) * torch.minimum(wh[:, None, 1], anchors[None, :, 1])
-    union = wh[:, None].prod(-1) + anchors[None].prod(-1) - inter
-    return inter / union.clamp(min=1e-9)
 
+    def centred(sizes: Tensor) -> Tensor:
+        return box_convert(torch.cat([torch.zeros_like(sizes), sizes], 1), "cxcywh", "xyxy")
 
-def generalized_iou(a: Tensor, b: Tensor, kind: str = "giou", eps: float = 1e-7) -> Tensor:
-    """Element-wise GIoU (or CIoU, ``kind="ciou"``) of xyxy boxes ``a`` and ``b`` ``(P, 4)``.
-
-    >>> generalized_iou(torch.tensor([[0.0, 0, 2, 2]]), torch.tensor([[0.0, 0, 2, 2]])).tolist()
-    [1.0]
-    >>> round(float(generalized_iou(torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([[2.0, 0, 3, 1]]))), 4)
-    -0.3333
-    """
-    inter_wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
-    inter = inter_wh.prod(1)
-    wh_a, wh_b = (a[:, 2:] - a[:, :2]).clamp(min=0), (b[:, 2:] - b[:, :2]).clamp(min=0)
-    union = wh_a.prod(1) + wh_b.prod(1) - inter + eps
-    iou = inter / union
-    hull_wh = torch.maximum(a[:, 2:], b[:, 2:]) - torch.minimum(a[:, :2], b[:, :2])
-    if kind == "giou":
-        hull = hull_wh.prod(1) + eps
-        return iou - (hull - union) / hull
-    # CIoU: centre distance over the hull's diagonal, and the aspect-ratio consistency term.
-    diagonal = hull_wh.pow(2).sum(1) + eps
-    centre = ((a[:, :2] + a[:, 2:]) - (b[:, :2] + b[:, 2:])).pow(2).sum(1) / 4
-    v = (4 / math.pi**2) * (torch.atan(wh_b[:, 0] / (wh_b[:, 1] + eps)) - torch.atan(wh_a[:, 0] / (wh_a[:, 1] + eps))).pow(2)
-    with torch.no_grad():
-        alpha = v / (1 - iou + v + eps)
-    return iou - centre / diagonal - alpha * v
+    return box_iou(centred(wh), centred(anchors))
 
 
 class YoloLoss(nn.Module):
@@ -118,15 +94,14 @@ class YoloLoss(nn.Module):
         anchors = self.get_buffer("anchors")
         per_scale = anchors.shape[1]
         boxes = targets[:, 2:6].float()
-        wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6)
-        fit = shape_iou(wh, anchors.reshape(-1, 2))
+        centre_size = box_convert(boxes, "xyxy", "cxcywh")
+        fit = shape_iou(centre_size[:, 2:].clamp(min=1e-6), anchors.reshape(-1, 2))
         chosen = torch.zeros_like(fit, dtype=torch.bool)
         chosen[torch.arange(len(fit), device=fit.device), fit.argmax(1)] = True
         if self.anchor_threshold is not None and self.anchor_threshold < 1:  # YOLOv4's iou_thresh
             chosen |= fit > self.anchor_threshold
         box_index, best = torch.nonzero(chosen, as_tuple=True)
-        boxes, wh, targets = boxes[box_index], wh[box_index], targets[box_index]
-        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+        boxes, centre, targets = boxes[box_index], centre_size[box_index, :2], targets[box_index]
         scale, anchor = best // per_scale, best % per_scale
         stride = torch.tensor(self.strides, dtype=boxes.dtype, device=boxes.device)[scale]
         grid_h = torch.tensor([g[0] for g in grids], device=boxes.device)[scale]
@@ -134,7 +109,7 @@ class YoloLoss(nn.Module):
         cell = centre / stride[:, None]
         col = cell[:, 0].floor().long().clamp(min=0).minimum(grid_w - 1)
         row = cell[:, 1].floor().long().clamp(min=0).minimum(grid_h - 1)
-        offsets = torch.cat([cell - torch.stack([col, row], 1).to(cell), torch.log(wh / anchors[scale, anchor])], 1)
+        offsets = yolo_encode(boxes, torch.stack([col, row], 1).to(cell), stride[:, None], anchors[scale, anchor])
         image = targets[:, 0].long()
         # The later of two boxes claiming one prediction wins (darknet overwrites in order).
         key = (((scale * per_scale + anchor) * targets.shape[0] + image) * 4096 + row) * 4096 + col
@@ -179,7 +154,7 @@ class YoloLoss(nn.Module):
 
         if positives.shape[0]:
             if self.box_loss == "offsets":
-                area = (truth_boxes[:, 2:] - truth_boxes[:, :2]).prod(1) / (height * width)
+                area = box_area(truth_boxes) / (height * width)
                 squared = (positives[:, 0:2].sigmoid() - truth_offsets[:, 0:2]).pow(2).sum(1) + (
                     positives[:, 2:4] - truth_offsets[:, 2:4]
                 ).pow(2).sum(1)
@@ -209,6 +184,4 @@ class YoloLoss(nn.Module):
         scale = found.scale[order]
         stride = torch.tensor(self.strides, dtype=positives.dtype, device=positives.device)[scale]
         cell = torch.stack([found.col[order], found.row[order]], 1).to(positives)
-        centre = (cell + positives[:, 0:2].sigmoid()) * stride[:, None]
-        wh = positives[:, 2:4].exp() * anchors[scale, found.anchor[order]]
-        return torch.cat([centre - wh / 2, centre + wh / 2], 1)
+        return yolo_decode(positives[:, 0:4], cell, stride[:, None], anchors[scale, found.anchor[order]])

@@ -24,14 +24,16 @@ from typing import Any
 
 from torch import Tensor
 
+from cspnet.ops.boxes import box_convert
+
 STAT_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
               "mar1", "mar10", "mar100", "mar_small", "mar_medium", "mar_large")  # fmt: skip
 """COCOeval's twelve ``stats``, in its order."""
 
 
 def _xywh(boxes: Tensor) -> list[list[float]]:
-    b = boxes.detach().float().cpu().reshape(-1, 4)
-    return [[float(x1), float(y1), float(x2 - x1), float(y2 - y1)] for x1, y1, x2, y2 in b.tolist()]
+    # float64: the width of two float32 coordinates is then exact, as COCO's Python code would compute it.
+    return box_convert(boxes.detach().float().cpu().double().reshape(-1, 4), "xyxy", "xywh").tolist()
 
 
 def coco_ground_truth(truth: Sequence[dict[str, Tensor]], class_names: Sequence[str],

@@ -1,42 +1,24 @@
-"""Box IoU and class-aware non-maximum suppression, written here and tested against a brute force.
+"""Class-aware greedy non-maximum suppression, in PyTorch and in NumPy, tested against a brute force.
 
 torchvision (whose ``batched_nms`` is the usual choice) is not a dependency of this project and
 cannot be installed next to its pinned torch, so the detectors use these small functions instead.
-They are TorchScript-compatible and use only device-agnostic tensor ops (tested on the CPU).
+:func:`batched_nms` is TorchScript-compatible and uses only device-agnostic tensor ops (what
+:meth:`Detector.detect <cspnet.models.detectors.Detector.detect>` runs); :func:`greedy_nms` is the
+same rule from one NumPy IoU matrix (what evaluation runs on thousands of candidates).
 
-Conventions (torchvision's): boxes are ``(x1, y1, x2, y2)``; a box suppresses a lower-scored box of
-the *same label* whose IoU with it is strictly greater than ``iou_threshold``; equal scores keep the
-order of the input (the earlier box wins); the kept indices come back in decreasing score order.
+The rule (torchvision's, and ONNX ``NonMaxSuppression``'s per class): boxes are xyxy; a box
+suppresses a lower-scored box of the *same label* whose IoU with it is strictly greater than
+``iou_threshold``; equal scores keep the order of the input (the earlier box wins); the kept indices
+come back in decreasing score order.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-
-def box_area(boxes: Tensor) -> Tensor:
-    """Areas of ``(N, 4)`` xyxy boxes (0 for degenerate boxes).
-
-    >>> box_area(torch.tensor([[0.0, 0.0, 2.0, 3.0]])).tolist()
-    [6.0]
-    """
-    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-
-
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """The ``(N, M)`` IoU matrix of xyxy boxes ``a`` ``(N, 4)`` and ``b`` ``(M, 4)``; 0 where a union is empty.
-
-    >>> box_iou(torch.tensor([[0.0, 0, 2, 2]]), torch.tensor([[1.0, 1, 3, 3], [4.0, 4, 5, 5]])).tolist()
-    [[0.1428571492433548, 0.0]]
-    """
-    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    nonempty = union > 0
-    return torch.where(nonempty, inter / torch.where(nonempty, union, torch.ones_like(union)), torch.zeros_like(inter))
+from cspnet.ops.boxes import box_iou, box_iou_numpy
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
@@ -64,3 +46,29 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: fl
         # In place on the view (TorchScript compiles `|=` on a slice to a copy).
         suppressed[i + 1 :].logical_or_(overlap & (labels[i + 1 :] == labels[i]))
     return order[~suppressed]
+
+
+def greedy_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float,
+               max_keep: int | None = None) -> np.ndarray:  # fmt: skip
+    """:func:`batched_nms` in NumPy: the kept indices, highest score first; the first ``max_keep``
+    of them when given (the rest need not be computed).
+
+    >>> b = np.array([[0.0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10]])
+    >>> greedy_nms(b, np.array([0.9, 0.8, 0.7]), np.array([0, 0, 1]), 0.5).tolist()
+    [0, 2]
+    """
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(-scores, kind="stable")
+    b, lab = boxes[order], labels[order]
+    overlaps = (box_iou_numpy(b, b) > iou_threshold) & (lab[:, None] == lab[None, :])
+    suppressed = np.zeros(len(b), dtype=bool)
+    keep = []
+    for i in range(len(b)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if max_keep is not None and len(keep) >= max_keep:
+            break
+        suppressed |= overlaps[i]
+    return order[np.asarray(keep, dtype=np.int64)]

@@ -1,68 +1,101 @@
-"""Post-processing for evaluation and prediction, where thousands of low-score candidates meet NMS.
+"""Post-processing of decoded detections: one rule, its thresholds, a PyTorch and a NumPy implementation.
 
-:func:`cspnet.detection.postprocess` suppresses with one tensor IoU row per kept box (linear memory,
-scriptable, what the exported model mirrors); at COCO's evaluation threshold (``conf 0.001``) an
-untrained detector hands it thousands of candidates per image, which takes most of a second each.
-:func:`detections` gives the same result (same candidates, clipping and suppression rule: class-aware,
-IoU strictly above the threshold, the earlier of equal scores wins) from one IoU matrix per image
-in NumPy, milliseconds per image.
+The rule, per image, on decoded ``boxes`` ``(K, 4)`` xyxy input pixels and ``scores`` ``(K, C)``:
+
+1. candidates: every (box, class) pair with ``score > conf_threshold`` (a box may carry several
+   classes, as darknet's); when there are more than ``max_candidates``, the highest-scored of them,
+   equal scores in (box, class) order (a stable sort), since NMS costs grow quadratically;
+2. each candidate's box clipped to the image (:func:`~cspnet.ops.boxes.clip_boxes`);
+3. class-aware greedy NMS (:mod:`cspnet.ops.nms`): a box suppresses a lower-scored box of its class
+   whose IoU with it is strictly above ``iou_threshold``; equal scores: the earlier pair wins;
+4. the ``max_detections`` best survivors, highest score first.
+
+:func:`postprocess` runs it in PyTorch (scriptable, device-agnostic; what ``Detector.detect`` uses);
+:func:`postprocess_numpy` gives the same result with the suppression done on one NumPy IoU matrix
+per image (milliseconds where the tensor loop takes most of a second at evaluation's thousands of
+candidates). The exported ONNX graph (:mod:`cspnet.detection.export`) builds the same rule from ONNX
+operators. Thresholds live in one place, :mod:`cspnet.ops.thresholds` (:data:`PREDICT`, :data:`EVALUATE`).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from cspnet.ops.boxes import clip_boxes
+from cspnet.ops.nms import batched_nms, greedy_nms
+from cspnet.ops.thresholds import EVALUATE, PREDICT, Thresholds
 
-def greedy_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float,
-               max_keep: int | None = None) -> np.ndarray:  # fmt: skip
-    """Indices kept by class-aware greedy NMS, highest score first (torchvision's rule); the first
-    ``max_keep`` of them when given (the rest need not be computed).
+__all__ = ["EVALUATE", "PREDICT", "Thresholds", "postprocess", "postprocess_numpy", "select_candidates"]
 
-    >>> b = np.array([[0.0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10]])
-    >>> greedy_nms(b, np.array([0.9, 0.8, 0.7]), np.array([0, 0, 1]), 0.5).tolist()
-    [0, 2]
+
+def select_candidates(scores: Tensor, conf_threshold: float, max_candidates: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 1 of the rule for one image's ``scores`` ``(K, C)``: ``(box index, class, score)`` of each candidate.
+
+    >>> s = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.7]])
+    >>> [t.tolist() for t in select_candidates(s, 0.3, 4)]          # (box, class) order
+    [[0, 1, 1, 2], [0, 0, 1, 1], [0.8999999761581421, 0.5, 0.5, 0.699999988079071]]
+    >>> [t.tolist() for t in select_candidates(s, 0.3, 3)]          # the best 3; of equal scores the first
+    [[0, 2, 1], [0, 1, 0], [0.8999999761581421, 0.699999988079071, 0.5]]
     """
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.argsort(-scores, kind="stable")
-    b, lab = boxes[order], labels[order]
-    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    wh = np.clip(np.minimum(b[:, None, 2:], b[None, :, 2:]) - np.maximum(b[:, None, :2], b[None, :, :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area[:, None] + area[None, :] - inter
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
-    overlaps = (iou > iou_threshold) & (lab[:, None] == lab[None, :])
-    suppressed = np.zeros(len(b), dtype=bool)
-    keep = []
-    for i in range(len(b)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        if max_keep is not None and len(keep) >= max_keep:
-            break
-        suppressed |= overlaps[i]
-    return order[np.asarray(keep, dtype=np.int64)]
+    pairs = torch.nonzero(scores > conf_threshold)  # (box, class) order
+    index, label = pairs[:, 0], pairs[:, 1]
+    score = scores[index, label]
+    if score.numel() > max_candidates:
+        best = torch.sort(score, descending=True, stable=True)[1][:max_candidates]
+        index, label, score = index[best], label[best], score[best]
+    return index, label, score
 
 
-def detections(boxes: Tensor, scores: Tensor, image_size: tuple[int, int], conf_threshold: float = 0.25,
-               iou_threshold: float = 0.45, max_detections: int = 300, max_candidates: int = 3000
-               ) -> list[dict[str, Tensor]]:  # fmt: skip
-    """:func:`cspnet.detection.postprocess`'s result (decoded ``boxes`` (N, K, 4), ``scores`` (N, K, C)), faster."""
+def postprocess(
+    boxes: Tensor,
+    scores: Tensor,
+    image_size: list[int],
+    conf_threshold: float = PREDICT.conf_threshold,
+    iou_threshold: float = PREDICT.iou_threshold,
+    max_detections: int = PREDICT.max_detections,
+    max_candidates: int = PREDICT.max_candidates,
+) -> list[dict[str, Tensor]]:
+    """The rule (module docstring) on decoded ``boxes`` ``(N, K, 4)`` and ``scores`` ``(N, K, C)`` of
+    images of ``image_size`` ``(height, width)``. Returns per image ``boxes`` (M, 4), ``scores`` (M,),
+    ``labels`` (M,), highest score first.
+
+    >>> boxes = torch.tensor([[[-5.0, -5, 20, 20], [0, 0, 20, 20], [100, 100, 120, 120]]])
+    >>> scores = torch.tensor([[[0.9, 0.0], [0.8, 0.0], [0.0, 0.6]]])
+    >>> r = postprocess(boxes, scores, [64, 110])[0]
+    >>> r["boxes"].tolist(), r["labels"].tolist()
+    ([[0.0, 0.0, 20.0, 20.0], [100.0, 64.0, 110.0, 64.0]], [0, 1])
+    """
+    results: list[dict[str, Tensor]] = []
+    height, width = float(image_size[0]), float(image_size[1])
+    for b in range(boxes.shape[0]):
+        index, label, score = select_candidates(scores[b], conf_threshold, max_candidates)
+        image_boxes = clip_boxes(boxes[b][index], height, width)
+        keep = batched_nms(image_boxes, score, label, iou_threshold)[:max_detections]
+        results.append({"boxes": image_boxes[keep], "scores": score[keep], "labels": label[keep]})
+    return results
+
+
+def postprocess_numpy(
+    boxes: Tensor,
+    scores: Tensor,
+    image_size: tuple[int, int] | list[int],
+    conf_threshold: float = PREDICT.conf_threshold,
+    iou_threshold: float = PREDICT.iou_threshold,
+    max_detections: int = PREDICT.max_detections,
+    max_candidates: int = PREDICT.max_candidates,
+) -> list[dict[str, Tensor]]:
+    """:func:`postprocess`'s result (same arguments), with the suppression in NumPy; results on the CPU.
+
+    Candidates and clipping are the same tensor code as :func:`postprocess` (they are cheap); only
+    NMS, the costly step, is :func:`~cspnet.ops.nms.greedy_nms`.
+    """
     height, width = float(image_size[0]), float(image_size[1])
     results = []
     for b in range(boxes.shape[0]):
         image_scores = scores[b].detach().float().cpu()
-        idx, labels = torch.nonzero(image_scores > conf_threshold, as_tuple=True)
-        kept = image_scores[idx, labels]
-        if kept.numel() > max_candidates:
-            top = torch.topk(kept, max_candidates)[1]
-            idx, labels, kept = idx[top], labels[top], kept[top]
-        image_boxes = boxes[b].detach().float().cpu()[idx]
-        limits = torch.tensor([width, height, width, height])
-        image_boxes = torch.minimum(image_boxes.clamp(min=0), limits)
-        keep = greedy_nms(image_boxes.numpy(), kept.numpy(), labels.numpy(), iou_threshold, max_detections)
-        keep_t = torch.from_numpy(keep)
-        results.append({"boxes": image_boxes[keep_t], "scores": kept[keep_t], "labels": labels[keep_t]})
+        index, label, score = select_candidates(image_scores, conf_threshold, max_candidates)
+        image_boxes = clip_boxes(boxes[b].detach().float().cpu()[index], height, width)
+        keep = torch.from_numpy(greedy_nms(image_boxes.numpy(), score.numpy(), label.numpy(), iou_threshold, max_detections))
+        results.append({"boxes": image_boxes[keep], "scores": score[keep], "labels": label[keep]})
     return results

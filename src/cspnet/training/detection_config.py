@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from cspnet.detection.loss import BOX_LOSSES
 from cspnet.fields import bounded, one_of
+from cspnet.ops.thresholds import EVALUATE
 from cspnet.training.config import MAX_IMG_SIZE, OPTIMIZERS, RunConfig
 
 DEFAULT_DETECTOR = "cspdensenet_bc40_efm"  # the small CSPDenseNet-EFM detector for small inputs
@@ -62,9 +63,9 @@ class DetectionTrainConfig(RunConfig):
     mosaic: float = bounded(0.0, 0.0, 1.0, doc="probability that a training image becomes a 2x2 mosaic (YOLOv4; 0: off)")
     augment: bool = field(default=True, metadata={"doc": "random affine, flip and colour jitter with the boxes"})
     # Evaluation: COCO scores every detection, so the threshold is low (as COCO evaluations use).
-    eval_conf: float = bounded(0.001, 0.0, 1.0, doc="validation score threshold")
-    eval_iou: float = bounded(0.6, 0.0, 1.0, doc="validation NMS IoU threshold")
-    max_detections: int = bounded(100, 1, integer=True, doc="detections per validation image")
+    eval_conf: float = bounded(EVALUATE.conf_threshold, 0.0, 1.0, doc="validation score threshold")
+    eval_iou: float = bounded(EVALUATE.iou_threshold, 0.0, 1.0, doc="validation NMS IoU threshold")
+    max_detections: int = bounded(EVALUATE.max_detections, 1, integer=True, doc="detections per validation image")
 
     def validate(self) -> None:
         super().validate()

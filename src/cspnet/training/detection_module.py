@@ -15,11 +15,10 @@ from cspnet.detection.data import BoxAugment, Mosaic
 from cspnet.detection.loss import YoloLoss
 from cspnet.detection.metrics import coco_metrics
 from cspnet.models.detectors.model import Detector
-from cspnet.ops.postprocess import detections
+from cspnet.ops.postprocess import postprocess_numpy
+from cspnet.ops.thresholds import EVALUATE
 from cspnet.training.detection_config import DetectionTrainConfig
 from cspnet.training.resumable import ResumableModule
-
-EVAL_CANDIDATES = 1000  # the best-scored boxes per image entering NMS at evaluation (of ~1000 x classes)
 
 
 def split_targets(targets: Tensor, batch: int) -> list[dict[str, Tensor]]:
@@ -75,8 +74,8 @@ class DetectorModule(ResumableModule):
         loss, _ = self.loss(outputs, targets, size)
         self.val_loss.update(loss.detach(), weight=images.shape[0])
         boxes, scores = self.model.decode(outputs)
-        self._val_found += detections(boxes, scores, size, self.cfg.eval_conf, self.cfg.eval_iou,
-                                      self.cfg.max_detections, max_candidates=EVAL_CANDIDATES)  # fmt: skip
+        self._val_found += postprocess_numpy(boxes, scores, size, self.cfg.eval_conf, self.cfg.eval_iou,
+                                             self.cfg.max_detections, max_candidates=EVALUATE.max_candidates)  # fmt: skip
         self._val_truth += split_targets(targets, images.shape[0])
 
     def on_validation_epoch_end(self) -> None:

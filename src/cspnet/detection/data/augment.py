@@ -13,18 +13,16 @@ import torch
 from torch import Tensor, nn
 
 from cspnet.detection.data.boxes import MIN_BOX_SIDE
+from cspnet.ops.boxes import box_area, clip_boxes
 
 KEEP_VISIBLE = 0.4  # a box keeps its object if at least this share of its (moved) area stays in the input
 
 
 def clip_moved_boxes(moved: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """Clip boxes to an ``(height, width)`` input; the mask of those still showing their object."""
-    height, width = size
-    limits = torch.tensor([width, height, width, height], dtype=moved.dtype, device=moved.device)
-    clipped = torch.minimum(moved.clamp(min=0), limits)
-    area = (moved[:, 2] - moved[:, 0]).clamp(min=0) * (moved[:, 3] - moved[:, 1]).clamp(min=0)
+    clipped = clip_boxes(moved, size[0], size[1])
+    area, kept_area = box_area(moved), box_area(clipped)
     sides = clipped[:, 2:] - clipped[:, :2]
-    kept_area = sides.clamp(min=0).prod(dim=1)
     keep = (sides >= MIN_BOX_SIDE).all(dim=1) & (kept_area >= KEEP_VISIBLE * area)
     return clipped, keep
 

@@ -1,7 +1,8 @@
 """Box geometry of the detection data: hygiene (clip, drop degenerate boxes) and the letterbox.
 
 Boxes are ``(K, 4)`` float tensors ``x1, y1, x2, y2`` in pixels of the image they belong to
-(pixel edges: a box covering the whole ``W x H`` image is ``0, 0, W, H``).
+(pixel edges: a box covering the whole ``W x H`` image is ``0, 0, W, H``); their geometry (clip,
+convert) is :mod:`cspnet.ops.boxes`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from cspnet.ops.boxes import clip_boxes
 
 MIN_BOX_SIDE = 1.0
 """A box narrower or lower than this (in pixels of its image, after clipping) is degenerate."""
@@ -50,8 +53,7 @@ def clean_boxes(boxes: Tensor, labels: Tensor, width: float, height: float) -> t
     if boxes.numel() == 0:
         return boxes.reshape(0, 4).float(), labels.reshape(0).long(), 0, 0
     boxes = boxes.float()
-    limits = torch.tensor([width, height, width, height], dtype=boxes.dtype)
-    clipped = torch.minimum(boxes.clamp(min=0), limits)
+    clipped = clip_boxes(boxes, height, width)
     # x2 < x1 (a box given inside out) is degenerate too: its side is negative.
     keep = ((clipped[:, 2] - clipped[:, 0]) >= MIN_BOX_SIDE) & ((clipped[:, 3] - clipped[:, 1]) >= MIN_BOX_SIDE)
     changed = (clipped != boxes).any(dim=1) & keep
@@ -107,8 +109,7 @@ class Letterbox:
         """Input pixels -> image pixels (detections back on the user's image), clipped to it."""
         scale, offset = self._affine()
         out = (boxes.float() - offset.to(boxes.device)) / scale.to(boxes.device)
-        limits = torch.tensor([self.width, self.height, self.width, self.height], dtype=out.dtype, device=out.device)
-        return torch.minimum(out.clamp(min=0), limits)
+        return clip_boxes(out, self.height, self.width)
 
 
 LETTERBOX_FILL = 114  # the grey of the padding (YOLO's convention)

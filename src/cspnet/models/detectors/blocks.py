@@ -7,11 +7,13 @@ detection cfgs use ``activation=leaky`` (slope 0.1) for all of them but the pred
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cspnet.layers import ConvNormAct, CrossStagePartial
+from cspnet.layers import ConvNormAct, CrossStagePartial, StagePlan, plan_stage
 
 
 class SpatialPyramidPooling(nn.Module):
@@ -134,63 +136,108 @@ class SpatialAttention(nn.Module):
         return x * torch.sigmoid(self.attention(x))
 
 
-def conv_stack(in_chs: int, width: int, num_convs: int, *, act: str = "leaky", csp: bool = False) -> nn.Module:
-    """YOLOv3's stack of alternating 1x1 (``width``) and 3x3 (``2 * width``) convs, ending on a 1x1.
+@dataclass(frozen=True)
+class ConvStack:
+    """How a neck makes its conv stacks: YOLOv3's ``num_convs`` alternating 1x1 (``width``) / 3x3
+    (``2 * width``) convs ending on a 1x1, or (``csp``) their CSP stage, sized by the stage factory.
 
-    ``num_convs`` is odd (5 in every fusion of the cfgs, 3 around SPP). With ``csp=True`` the stack
-    becomes a :class:`~cspnet.layers.CrossStagePartial` stage with the same input and output
-    widths: a 1x1 ``conv_exp`` to ``2 * width`` split in halves; the block path runs
-    ``(num_convs - 1) // 2`` pairs of 1x1/3x3 convs of ``width``, then T (1x1); U (1x1) fuses
-    ``[bypass, T]`` back to ``width`` (the CSP neck of Scaled-YOLOv4, in this library's stage class).
+    The CSP stage (the CSP neck of Scaled-YOLOv4, in this library's stage class) is planned by
+    :func:`~cspnet.layers.plan_stage` like every backbone stage: a 1x1 split conv to ``2 * width``
+    whose first ``round(2 * width * partial_ratio)`` channels bypass the blocks; the block path runs
+    ``(num_convs - 1) // 2`` pairs of 1x1/3x3 convs at its own width; T (1x1) keeps that width
+    (``transition_b_ratio=1``, as in the darknet cfgs); ``fusion`` says which of T and U exist, and U
+    (1x1) maps ``[bypass, T]`` to ``width``. With ``fusion="fusion_last"`` there is no U and the
+    stack puts out ``bypass + T`` channels (:meth:`out_chs`), which the necks wire through.
+
+    >>> ConvStack(5, csp=True).out_chs(16), ConvStack(5, csp=True, fusion="fusion_last").out_chs(16)
+    (16, 32)
+    >>> ConvStack(5, csp=True, partial_ratio=0.25).plan(64, 16).bypass_chs
+    8
+    """
+
+    num_convs: int = 5
+    act: str = "leaky"
+    csp: bool = False
+    partial_ratio: float = 0.5
+    fusion: str = "csp"
+
+    def __post_init__(self) -> None:
+        if self.num_convs < 1 or self.num_convs % 2 == 0:
+            raise ValueError(
+                f"num_convs={self.num_convs} is invalid: a stack alternates 1x1/3x3 convs and ends on a 1x1, so it is odd"
+            )
+
+    def plan(self, in_chs: int, width: int) -> StagePlan:
+        """The widths of the CSP stack from ``in_chs`` to ``width`` (the stage factory's plan)."""
+        return plan_stage(in_chs, self.partial_ratio, lambda chs: chs, fusion=self.fusion, out_chs=width,
+                          exp_chs=2 * width, transition_b_ratio=1.0, plain_transition=False)  # fmt: skip
+
+    def out_chs(self, width: int) -> int:
+        """The width a stack made for ``width`` puts out."""
+        return self.plan(width, width).out_chs if self.csp else width
+
+    def build(self, in_chs: int, width: int, num_convs: int | None = None) -> nn.Module:
+        """The stack from ``in_chs`` channels (``num_convs`` convs, default :attr:`num_convs`)."""
+        if num_convs is not None and num_convs != self.num_convs:
+            return replace(self, num_convs=num_convs).build(in_chs, width)
+        if not self.csp:
+            layers: list[nn.Module] = []
+            chs = in_chs
+            for i in range(self.num_convs):
+                out = width if i % 2 == 0 else 2 * width
+                layers.append(ConvNormAct(chs, out, 1 if i % 2 == 0 else 3, act=self.act))
+                chs = out
+            return nn.Sequential(*layers)
+        pairs = max(1, (self.num_convs - 1) // 2)
+
+        def make_blocks(chs: int) -> nn.Module:
+            return nn.Sequential(
+                *(nn.Sequential(ConvNormAct(chs, chs, 1, act=self.act), ConvNormAct(chs, chs, 3, act=self.act))
+                  for _ in range(pairs))  # fmt: skip
+            )
+
+        def make_transition(chs_in: int, chs_out: int) -> nn.Module:
+            return ConvNormAct(chs_in, chs_out, 1, act=self.act)
+
+        return CrossStagePartial.build(self.plan(in_chs, width), make_blocks, make_transition)
+
+
+def conv_stack(in_chs: int, width: int, num_convs: int, *, act: str = "leaky", csp: bool = False,
+               partial_ratio: float = 0.5, fusion: str = "csp") -> nn.Module:  # fmt: skip
+    """``ConvStack(num_convs, act, csp, partial_ratio, fusion).build(in_chs, width)`` (see :class:`ConvStack`).
 
     >>> conv_stack(64, 16, 5)(torch.randn(1, 64, 8, 8)).shape
     torch.Size([1, 16, 8, 8])
     >>> conv_stack(64, 16, 5, csp=True)(torch.randn(1, 64, 8, 8)).shape
     torch.Size([1, 16, 8, 8])
+    >>> conv_stack(64, 16, 5, csp=True, fusion="fusion_last")(torch.randn(1, 64, 8, 8)).shape
+    torch.Size([1, 32, 8, 8])
     """
-    if num_convs < 1 or num_convs % 2 == 0:
-        raise ValueError(f"num_convs={num_convs} is invalid: a stack alternates 1x1/3x3 convs and ends on a 1x1, so it is odd")
-    if not csp:
-        layers: list[nn.Module] = []
-        chs = in_chs
-        for i in range(num_convs):
-            out = width if i % 2 == 0 else 2 * width
-            layers.append(ConvNormAct(chs, out, 1 if i % 2 == 0 else 3, act=act))
-            chs = out
-        return nn.Sequential(*layers)
-    pairs = max(1, (num_convs - 1) // 2)
-    blocks = nn.Sequential(
-        *(
-            nn.Sequential(ConvNormAct(width, width, 1, act=act), ConvNormAct(width, width, 3, act=act))
-            for _ in range(pairs)
-        )
-    )
-    return CrossStagePartial(
-        blocks,
-        bypass_chs=width,
-        conv_exp=ConvNormAct(in_chs, 2 * width, 1, act=act),
-        conv_transition_b=ConvNormAct(width, width, 1, act=act),
-        conv_transition=ConvNormAct(2 * width, width, 1, act=act),
-    )
+    return ConvStack(num_convs, act, csp, partial_ratio, fusion).build(in_chs, width)
 
 
 class SppBlock(nn.Module):
     """The cfgs' top of the pyramid: a 3-conv stack, SPP, a 3-conv stack (1x1 w, 3x3 2w, 1x1 w each).
 
-    Without SPP it is YOLOv3's plain 5-conv stack on the coarsest level.
+    Without SPP it is YOLOv3's plain 5-conv stack on the coarsest level. ``out_chs`` is the width it
+    puts out (``stack.out_chs(width)``).
 
     >>> SppBlock(64, 16)(torch.randn(1, 64, 4, 4)).shape
     torch.Size([1, 16, 4, 4])
     """
 
-    def __init__(self, in_chs: int, width: int, *, spp: bool = True, act: str = "leaky", csp: bool = False) -> None:
+    __jit_ignored_attributes__ = ["out_chs"]
+
+    def __init__(self, in_chs: int, width: int, *, spp: bool = True, stack: ConvStack | None = None) -> None:
         super().__init__()
+        stack = stack or ConvStack()
+        self.out_chs = stack.out_chs(width)
         if spp:
-            self.pre = conv_stack(in_chs, width, 3, act=act, csp=csp)
+            self.pre = stack.build(in_chs, width, 3)
             self.spp: nn.Module = SpatialPyramidPooling()
-            self.post = conv_stack(4 * width, width, 3, act=act, csp=csp)
+            self.post = stack.build(4 * self.out_chs, width, 3)
         else:
-            self.pre = conv_stack(in_chs, width, 5, act=act, csp=csp)
+            self.pre = stack.build(in_chs, width, 5)
             self.spp = nn.Identity()
             self.post = nn.Identity()
 

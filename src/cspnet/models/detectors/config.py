@@ -6,13 +6,15 @@ config; invalid values and invalid combinations raise ``ValueError`` naming the 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from cspnet.layers.act import ACTIVATION_NAMES
+from cspnet.layers.cross_stage import FUSIONS
 from cspnet.models.config import ModelConfig, bounded, one_of, positive_ints
-
-NECKS: tuple[str, ...] = ("panet", "fpn", "gfm", "efm")
+from cspnet.models.detectors.blocks import ConvStack
+from cspnet.models.detectors.necks import NECK_CLASSES, NECKS, Neck
 
 YOLOV3_ANCHORS: tuple[tuple[float, float], ...] = (
     (10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326),
@@ -53,6 +55,12 @@ class DetectorConfig(ModelConfig):
         doc="EFM: Maxout compresses each concatenation k-fold (0: none; None: 4 for EFM, 0 for other necks)",
     )
     neck_csp: bool = one_of(False, (False, True), doc="the neck's conv stacks as CrossStagePartial stages")
+    neck_partial_ratio: float = bounded(
+        0.5, 0.0, 1.0, low_open=True, high_open=True, doc="neck_csp: gamma, the share of each stack's split that bypasses it"
+    )
+    neck_fusion: str = one_of(
+        "csp", FUSIONS, doc="neck_csp: the stacks' partial transition (csp: T, concat, U; fusion_first; fusion_last)"
+    )
     downsample: str = one_of("conv", ("conv", "maxpool"), doc="stride-2 resampling: 3x3/2 conv or 2x2/2 max pool + 1x1")
     upsample: str = one_of("nearest", ("nearest", "bilinear"), doc="x2 resampling (darknet [upsample]: nearest)")
     anchors: tuple[tuple[float, float], ...] = anchor_field(YOLOV3_ANCHORS, doc="anchor (w, h) in input pixels")
@@ -73,11 +81,31 @@ class DetectorConfig(ModelConfig):
         return 3
 
     @property
+    def neck_class(self) -> type[Neck]:
+        """The neck this config builds (what it declares: finer levels, Maxout default, fusion sources)."""
+        return NECK_CLASSES[self.neck]
+
+    @property
     def maxout_size(self) -> int:
         """The Maxout factor in effect: ``maxout``, or the neck's default when it is ``None``."""
         if self.maxout is None:
-            return 4 if self.neck == "efm" else 0
+            return self.neck_class.default_maxout
         return self.maxout
+
+    @property
+    def conv_stack(self) -> ConvStack:
+        """How the neck makes its conv stacks (plain, or CSP stages planned by the stage factory)."""
+        return ConvStack(self.stack_convs, self.act, self.neck_csp, self.neck_partial_ratio, self.neck_fusion)
+
+    def replace(self, **overrides: Any) -> DetectorConfig:
+        """As :meth:`ModelConfig.replace`; another ``backbone`` without new ``backbone_overrides`` keeps
+        only the overrides that the new backbone's config has (a registered detector tunes its own
+        backbone: ``small_input=False`` means nothing to CSPPeleeNet)."""
+        if "backbone" in overrides and "backbone_overrides" not in overrides and overrides["backbone"] != self.backbone:
+            fields = _backbone_fields(overrides["backbone"])
+            if fields is not None:
+                overrides["backbone_overrides"] = tuple(p for p in self.backbone_overrides if p[0] in fields)
+        return super().replace(**overrides)
 
     @property
     def anchors_per_scale(self) -> int:
@@ -98,6 +126,13 @@ class DetectorConfig(ModelConfig):
             isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in self.backbone_overrides
         ):
             raise ValueError(f"backbone_overrides={self.backbone_overrides!r} is invalid: expected a dict or (name, value) pairs")
+        fields = _backbone_fields(self.backbone) or []
+        unknown = sorted(name for name, _ in self.backbone_overrides if name not in fields)
+        if unknown:
+            raise ValueError(
+                f"backbone_overrides {', '.join(unknown)} invalid for backbone={self.backbone!r}: its config fields "
+                f"are {', '.join(fields)}"
+            )
 
     def _check_neck(self) -> None:
         if len(self.neck_widths) != self.num_scales:
@@ -120,14 +155,35 @@ class DetectorConfig(ModelConfig):
                 f"anchors={anchors!r} is invalid: expected positive (width, height) pairs, a multiple of "
                 f"{self.num_scales} of them (split evenly over the scales, smallest first)"
             )
-        if self.maxout and self.neck != "efm":
-            raise ValueError(f"maxout={self.maxout} is only used by neck='efm' (neck={self.neck!r}): leave it unset")
+        self._check_stacks()
+        sources = self.neck_class.fusion_sources(self)
+        if self.maxout and not sources:
+            users = " or ".join(f"neck={name!r}" for name, cls in NECK_CLASSES.items() if cls.default_maxout)
+            raise ValueError(f"maxout={self.maxout} is only used by {users} (neck={self.neck!r}): leave it unset")
         if self.maxout_size > 1:
-            # EFM concatenates three maps of the scale's width (two at the coarsest scale).
-            for i, width in enumerate(self.neck_widths):
-                sources = 2 if i == self.num_scales - 1 else 3
-                if (sources * width) % self.maxout_size:
+            for i, widths in enumerate(sources):
+                if sum(widths) % self.maxout_size:
                     raise ValueError(
-                        f"maxout={self.maxout_size} does not divide the {sources * width} channels EFM concatenates at "
-                        f"scale {i} ({sources} x neck_widths[{i}]={width}); choose widths or maxout to fit"
+                        f"maxout={self.maxout_size} does not divide the {sum(widths)} channels neck={self.neck!r} "
+                        f"concatenates at scale {i} ({' + '.join(map(str, widths))}, from neck_widths[{i}]="
+                        f"{self.neck_widths[i]}); choose widths or maxout to fit"
                     )
+
+    def _check_stacks(self) -> None:
+        if not self.neck_csp:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in ("neck_partial_ratio", "neck_fusion"):
+                if getattr(self, name) != defaults[name]:
+                    raise ValueError(f"{name}={getattr(self, name)!r} is only used with neck_csp=True: set neck_csp=True")
+            return
+        for width in self.neck_widths:  # the stage factory's own checks, before anything is built
+            self.conv_stack.plan(width, width)
+
+
+def _backbone_fields(name: str) -> list[str] | None:
+    """The config fields of the registered backbone ``name`` (``None``: no such model)."""
+    from cspnet.models.registry import get_model_entry, list_models
+
+    if name not in list_models():
+        return None
+    return get_model_entry(name).config.field_names()

@@ -17,18 +17,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cspnet.convert.darknet import DarknetLayout
 from cspnet.models.backbone import Backbone, FeatureExtractor, FeatureInfo, init_weights
 from cspnet.models.detectors.blocks import pad_to_multiple
 from cspnet.models.detectors.config import DetectorConfig
-from cspnet.models.detectors.head import YoloHead, decode, postprocess
-from cspnet.models.detectors.necks import EFM, NECK_CLASSES, Neck
+from cspnet.models.detectors.darknet import detector_darknet_layout
+from cspnet.models.detectors.head import YoloHead, decode
+from cspnet.models.detectors.necks import NECK_CLASSES, Neck
+from cspnet.ops.postprocess import postprocess
+from cspnet.ops.thresholds import PREDICT, Thresholds
 
 
-def select_levels(info: FeatureInfo, neck: str, backbone: str) -> tuple[list[int], int]:
-    """The backbone levels a neck reads, finest first, and the stride ratio of EFM's extra finer level.
+def select_levels(info: FeatureInfo, neck: type[Neck], backbone: str) -> list[int]:
+    """The backbone levels ``neck`` reads, finest first.
 
-    The three outputs are the deepest level of each of the backbone's three coarsest strides (which
-    must double from one to the next); EFM adds the deepest level of the next finer stride.
+    The three output scales are the deepest level of each of the backbone's three coarsest strides
+    (which must double from one to the next); a neck that declares ``finer_levels`` also reads the
+    deepest level of that many next finer strides, each a power-of-two step below the next.
     """
     deepest: dict[int, int] = {}
     for i, level in enumerate(info):
@@ -39,19 +44,19 @@ def select_levels(info: FeatureInfo, neck: str, backbone: str) -> tuple[list[int
             f"backbone={backbone!r} cannot feed a 3-scale neck: its feature strides are {strides}, "
             "expected at least three that double (e.g. 8, 16, 32)"
         )
-    levels = [deepest[s] for s in strides[-3:]]
-    if neck != "efm":
-        return levels, 1
-    if len(strides) < 4:
+    extra = neck.finer_levels
+    if len(strides) < 3 + extra:
         raise ValueError(
-            f"neck='efm' needs a backbone level finer than stride {strides[-3]} (EFM feeds each scale from "
-            f"s-1, s and s+1), but backbone={backbone!r} has strides {strides}; use neck='fpn', 'panet' or 'gfm'"
+            f"neck={neck.name!r} needs a backbone level finer than stride {strides[-3]} (it feeds each scale from "
+            f"s-1, s and s+1), but backbone={backbone!r} has strides {strides}; use neck="
+            + " or ".join(repr(name) for name, cls in NECK_CLASSES.items() if not cls.finer_levels)
         )
-    finer = strides[-4]
-    ratio = strides[-3] // finer
-    if ratio * finer != strides[-3] or ratio & (ratio - 1):
-        raise ValueError(f"backbone={backbone!r}: stride {finer} -> {strides[-3]} is not a power-of-two step")
-    return [deepest[finer], *levels], ratio
+    chosen = strides[len(strides) - 3 - extra :]
+    for finer, coarser in zip(chosen[:extra], chosen[1 : extra + 1]):
+        ratio = coarser // finer
+        if ratio * finer != coarser or ratio & (ratio - 1):
+            raise ValueError(f"backbone={backbone!r}: stride {finer} -> {coarser} is not a power-of-two step")
+    return [deepest[s] for s in chosen]
 
 
 class Detector(nn.Module):
@@ -114,19 +119,22 @@ class Detector(nn.Module):
     def detect(
         self,
         images: Tensor,
-        conf_threshold: float = 0.25,
-        iou_threshold: float = 0.45,
-        max_detections: int = 300,
+        conf_threshold: float = PREDICT.conf_threshold,
+        iou_threshold: float = PREDICT.iou_threshold,
+        max_detections: int = PREDICT.max_detections,
+        max_candidates: int = PREDICT.max_candidates,
     ) -> list[dict[str, Tensor]]:
         """Per image: ``boxes`` (M, 4) xyxy in input pixels, ``scores`` (M,), ``labels`` (M,) after
-        class-aware NMS; the model's train/eval mode is left as it is (call ``eval()`` first)."""
-        if not 0.0 <= conf_threshold <= 1.0 or not 0.0 <= iou_threshold <= 1.0:
-            raise ValueError(
-                f"conf_threshold={conf_threshold} and iou_threshold={iou_threshold} must lie in [0, 1]"
-            )
+        :func:`cspnet.ops.postprocess.postprocess` (defaults: :data:`~cspnet.ops.thresholds.PREDICT`);
+        the model's train/eval mode is left as it is (call ``eval()`` first)."""
+        limits = Thresholds(conf_threshold, iou_threshold, max_detections, max_candidates)  # checks them
         boxes, scores = self.decode(self(images))
         size = [int(images.shape[-2]), int(images.shape[-1])]
-        return postprocess(boxes, scores, size, conf_threshold, iou_threshold, max_detections)
+        return postprocess(boxes, scores, size, **limits.kwargs())
+
+    def darknet_layout(self) -> DarknetLayout:
+        """The layer order of this detector in darknet ``.weights`` files (the one reader asks for it)."""
+        return detector_darknet_layout(self.backbone, self.neck, self.head)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
@@ -143,11 +151,11 @@ def build_detector(cfg: DetectorConfig, num_classes: int = 80, in_chans: int = 3
         overrides.setdefault("drop_path_rate", cfg.drop_path_rate)
     full = create_model(cfg.backbone, num_classes=0, in_chans=in_chans, **overrides)
     assert isinstance(full, Backbone)  # DetectorConfig.check rejects detectors as backbones
-    levels, finer_ratio = select_levels(full.feature_info, cfg.neck, cfg.backbone)
-    backbone = FeatureExtractor(full, levels)
+    backbone = FeatureExtractor(full, select_levels(full.feature_info, cfg.neck_class, cfg.backbone))
     in_chs = backbone.feature_info.channels()
-    strides = backbone.feature_info.reduction()[-3:]
-    neck: Neck = EFM(in_chs, cfg, finer_ratio) if cfg.neck == "efm" else NECK_CLASSES[cfg.neck](in_chs, cfg)
+    level_strides = backbone.feature_info.reduction()
+    neck = cfg.neck_class(in_chs, level_strides, cfg)
+    strides = level_strides[-3:]
     head = YoloHead(neck.out_chs, num_classes, cfg.anchors_per_scale, act=cfg.act, drop_rate=cfg.drop_rate)
     init_weights(neck)
     init_weights(head)
