@@ -329,7 +329,7 @@ def test_classification_commands_refuse_detectors_in_one_line(argv: list[str], c
 def test_training_config_refuses_detectors() -> None:
     from cspnet.training.config import TrainConfig
 
-    with pytest.raises(ValueError, match=f"cspnet train handles classification models; '{SMALL}' is a detection model"):
+    with pytest.raises(ValueError, match=f"--model {SMALL} is not a classification model: `cspnet train` trains"):
         TrainConfig(model=SMALL).validate()
 
 

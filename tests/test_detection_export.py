@@ -89,7 +89,7 @@ def test_exported_nms_with_nothing_above_the_threshold(tmp_path: Path) -> None:
     from cspnet.detection.export import export_detector_onnx
 
     result = export_detector_onnx(trained_like(), tmp_path / "d.onnx", 64, nms=True, conf_threshold=1.0)
-    assert result.max_rel_diff == 0
+    assert result.max_rel_diff < 1e-5  # no detection rows; the raw maps agree to float rounding
     assert run_exported(tmp_path / "d.onnx", torch.rand(2, 3, 64, 64)).shape == (0, 7)
 
 
