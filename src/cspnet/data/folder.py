@@ -280,8 +280,11 @@ def first_decodable(load: Callable[[int], T | None], length: int, i: int, where:
     """Item ``i``, or if it cannot be decoded the next one that can (see the module docstring).
 
     The substitute depends only on which files decode, never on timing or order of access, so a
-    resumed run sees the same batches. ``ValueError`` naming ``where`` when none can be decoded.
+    resumed run sees the same batches. ``ValueError`` naming ``where`` when none can be decoded;
+    ``IndexError`` past the end (iterating a data set stops there).
     """
+    if not -length <= i < length:
+        raise IndexError(f"{where}: item {i} of {length}")
     for offset in range(length):
         item = load((i + offset) % length)
         if item is not None:

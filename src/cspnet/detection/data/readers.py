@@ -114,8 +114,9 @@ def require_boxes(source: DetectionSource) -> DetectionSource:
     return source
 
 
-def read_data_file(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
-    """The text of a data file: UTF-8 (a BOM at its start accepted), at most ``limit`` bytes.
+def read_data_file(path: Path, what: str, limit: int | None = None) -> str:
+    """The text of a data file: UTF-8 (a BOM at its start accepted), at most ``limit`` bytes
+    (default :data:`MAX_TEXT_BYTES`).
 
     ``FileNotFoundError`` when it is missing; ``ValueError`` naming the file (and for bad UTF-8 the
     line) when it is not a regular file, too large or not UTF-8.
@@ -124,6 +125,7 @@ def read_data_file(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
         raise FileNotFoundError(f"{what} not found: {path}")
     if not path.is_file():
         raise ValueError(f"{what} {path} is not a file")
+    limit = MAX_TEXT_BYTES if limit is None else limit
     try:
         size = path.stat().st_size
         if size > limit:
@@ -564,13 +566,18 @@ def read_yolo(path: str | os.PathLike[str], split: str = "train") -> DetectionSo
 
 def read_detection_source(data: str | os.PathLike[str], split: str = "train",
                           images: str | os.PathLike[str] | None = None) -> DetectionSource:  # fmt: skip
-    """A COCO JSON (``.json``) or a YOLO ``data.yaml`` (``.yaml``/``.yml``), by its suffix."""
+    """A COCO JSON (``.json``) or a YOLO ``data.yaml`` (``.yaml``/``.yml``), by its suffix.
+
+    The ``train`` split must have boxes (:func:`require_boxes`): training on none is an error.
+    """
     path = Path(data)
     if path.suffix.lower() == ".json":
-        return read_coco(path, images)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        return read_yolo(path, split)
-    raise ValueError(f"--data {data}: expected 'digits', a COCO instances .json or a YOLO data.yaml")
+        source = read_coco(path, images)
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        source = read_yolo(path, split)
+    else:
+        raise ValueError(f"--data {data}: expected 'digits', a COCO instances .json or a YOLO data.yaml")
+    return require_boxes(source) if split == "train" else source
 
 
 # -- the data set ----------------------------------------------------------------------------------
