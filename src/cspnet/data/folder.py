@@ -6,7 +6,12 @@ batches (:mod:`cspnet.data.transforms`). Two resizes exist: training images are 
 square as a whole (the random resized crop follows), evaluation images by timm's ``crop_pct`` rule
 (short side to ``img_size / crop_pct``, centre crop; see :func:`read_image`).
 
-Bad files, in two stages:
+:func:`decode_image` is the one image reader of every task (detection's data sets and
+``cspnet detect predict`` use it too): EXIF orientation, 16-bit and float images scaled by their
+range, decompression bombs refused, every decoder error a ``ValueError`` naming the file.
+
+Bad files, in two stages (detection's data sets follow the same two, through :func:`image_size`,
+:func:`decode_or_skip` and :func:`first_decodable`):
 
 * when the folder is scanned, every file is opened and checked with Pillow's ``verify``; the ones
   that fail are skipped with one warning that counts them, and a folder with nothing readable is an
