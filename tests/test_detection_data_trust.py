@@ -140,8 +140,8 @@ def trained_detector(tmp_path_factory) -> Path:
     return out / "last.ckpt"
 
 
-def test_detect_train_skips_a_truncated_image_and_detect_predict_a_bomb(tmp_path: Path, trained_detector: Path,
-                                                                       monkeypatch, capfd) -> None:  # fmt: skip
+def test_detect_train_skips_a_truncated_image_and_detect_predict_a_bomb_and_reads_16_bits(tmp_path: Path, trained_detector: Path,
+                                                                                         monkeypatch, capfd) -> None:  # fmt: skip
     """End to end (in-process loading: pytest cannot see a DataLoader worker's warnings)."""
     path, _ = _with_truncated_jpeg(tmp_path / "data")
     out = tmp_path / "run"
@@ -151,11 +151,13 @@ def test_detect_train_skips_a_truncated_image_and_detect_predict_a_bomb(tmp_path
     assert code == 0 and (out / "metrics.json").is_file()
     folder = tmp_path / "predict"
     folder.mkdir()
-    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(folder / "ok.png")
+    Image.fromarray(np.full((24, 40), 1000, dtype=np.uint16)).save(folder / "deep.png")  # 16-bit: 4 of 255
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(folder / "bomb.png")
     _bomb_limit(monkeypatch)
     code = main(["detect", "predict", str(folder), "--checkpoint", str(trained_detector), "--output", str(tmp_path / "p")])
     assert code == 0 and "skipped 1 unreadable image(s)" in capfd.readouterr().err
+    drawn = np.asarray(Image.open(tmp_path / "p" / "deep.png").convert("RGB"))
+    assert drawn.shape == (24, 40, 3) and np.median(drawn) == 4  # the picture under any boxes drawn: not white
 
 
 # -- COCO: ids and sizes ---------------------------------------------------------------------------
