@@ -41,12 +41,12 @@ def noise_jpeg(size: int = 64, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def one_line_error(call, *names: object) -> str:
-    """The message of the ValueError ``call()`` raises; it is one line naming each of ``names``."""
-    with pytest.raises(ValueError) as info:
+def one_line_error(call, *names: object, error: type[Exception] = ValueError) -> str:
+    """The message of the ``error`` ``call()`` raises; it is one line naming each of ``names``."""
+    with pytest.raises(error) as info:
         call()
     message = str(info.value)
-    assert "\n" not in message, message
+    assert len(message.splitlines()) == 1, message
     for name in names:
         assert str(name) in message, (name, message)
     return message
@@ -367,6 +367,20 @@ def test_data_files_larger_than_their_limit_are_refused(tmp_path: Path, monkeypa
     one_line_error(lambda: read_yolo(path), big, f"more than a {'YOLO data file' if which == 'yaml' else 'label file'} may have")
 
 
+def test_line_breaks_in_paths_and_names_stay_escaped_on_one_line(tmp_path: Path) -> None:
+    path = write_yolo(tmp_path)
+    path.write_text("train: \"images/tr\\nain\"\nnames: [cat]\n")
+    one_line_error(lambda: read_yolo(path), path, "images/tr\\nain", error=FileNotFoundError)
+    odd = tmp_path / "images" / "odd\nfolder"
+    odd.mkdir()
+    (odd / "x\u2028y.png").write_bytes(b"not a png")
+    path.write_text("train: images\nnames: [cat, dog, bird]\n")
+    source, messages = caught_warnings(lambda: read_yolo(path))
+    assert isinstance(source, DetectionSource) and any("x\u2028y.png" in m for m in messages)  # a warning: as named
+    coco = edit_json(write_coco(tmp_path / "coco"), lambda d: d["images"][0].update(file_name="a\n.png"))
+    one_line_error(lambda: read_coco(coco), coco, "'a\\n.png' (id 100)")
+
+
 def test_deeply_nested_json_and_yaml_are_one_line_errors(tmp_path: Path) -> None:
     path = tmp_path / "deep.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
@@ -407,7 +421,7 @@ def read_or_one_line_error(read, *names: object) -> None:
             source = read()
         except (ValueError, FileNotFoundError) as exc:
             message = str(exc)
-            assert "\n" not in message and any(str(n) in message for n in names), message
+            assert len(message.splitlines()) == 1 and any(str(n) in message for n in names), message
             event(f"{type(exc).__name__}: {re.sub(r'[^ ]*/|[0-9]+', '', message)[:50]}")
             return
     event("read")
@@ -417,7 +431,8 @@ def read_or_one_line_error(read, *names: object) -> None:
 PLAUSIBLE = st.sampled_from([0, 1, 10, 11, 12, 13, 100, 101, 102, 103, 1.0, 100.0, 0.5, -3, 1e6, 80, 60, "a.png", "c.png"])
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=8) | st.sampled_from(["a.png", "b.png", "../a.png", "", "instances.json", "images"]) | PLAUSIBLE
+    | st.text(max_size=8) | st.sampled_from(["a.png", "b.png", "../a.png", "", "instances.json", "images", "a\n.png"])
+    | PLAUSIBLE
     | st.lists(st.floats(-100, 200) | PLAUSIBLE, min_size=3, max_size=5),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=4), inner, max_size=4),
     max_leaves=8,
@@ -483,7 +498,7 @@ YAML_DOC = st.fixed_dictionaries(
         "names": st.lists(YAML_SCALARS | st.lists(YAML_SCALARS, max_size=2), max_size=4)
         | st.dictionaries(YAML_SCALARS, YAML_SCALARS, max_size=4) | YAML_SCALARS,
         "nc": YAML_SCALARS,
-        "train": st.sampled_from(["images/train", "images", "nowhere", "", "data.yaml"]) | YAML_SCALARS
+        "train": st.sampled_from(["images/train", "images", "nowhere", "", "data.yaml", "images/\n", "a\u2028b"]) | YAML_SCALARS
         | st.lists(st.sampled_from(["images/train", "images/val"]) | YAML_SCALARS, max_size=2),
         "path": st.sampled_from([".", "..", "/", "nowhere"]) | YAML_SCALARS,
     },

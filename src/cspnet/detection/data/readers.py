@@ -36,6 +36,7 @@ What the readers trust, and what they do not:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -43,10 +44,10 @@ import re
 import reprlib
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor
@@ -65,6 +66,9 @@ _INT64 = 2**63
 _REPR = reprlib.Repr()  # values quoted in messages, shortened: a malformed entry may be megabytes
 _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 40, 40, 4, 4, 2
 _short = _REPR.repr
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}  # str.splitlines' breaks
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
@@ -96,6 +100,33 @@ class DetectionSource:
 open_image = decode_image  # the one image reader; the name detection's callers know it by
 
 
+def one_line_errors(read: Callable[P, R]) -> Callable[P, R]:
+    """``read`` with its ``ValueError``/``OSError`` messages kept on one line: a path or a name from
+    the data (a file called ``a\\nb.png``, a ``train`` entry with a line break) is escaped.
+
+    >>> def read():
+    ...     raise ValueError("cannot read image data/a\\nb.png")
+    >>> one_line_errors(read)()
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot read image data/a\\nb.png
+    """
+
+    @functools.wraps(read)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return read(*args, **kwargs)
+        except (ValueError, OSError) as exc:
+            message = str(exc)
+            if len(message.splitlines()) <= 1:
+                raise
+            one_line = message.translate(_LINE_BREAKS)
+            raise (type(exc)(one_line) if isinstance(exc, OSError) else ValueError(one_line)) from exc
+
+    return checked
+
+
+@one_line_errors
 def require_boxes(source: DetectionSource) -> DetectionSource:
     """``source`` unchanged when it has at least one box, else ``ValueError``: nothing to train on.
 
@@ -321,6 +352,7 @@ def _coco_boxes(path: Path, data: dict[str, Any], image_ids: set[int], index_of:
     return boxes, labels, crowds
 
 
+@one_line_errors
 def read_coco(path: str | os.PathLike[str], images: str | os.PathLike[str] | None = None) -> DetectionSource:
     """An instances JSON and its images (``images`` folder, else found beside the JSON)."""
     path = Path(path)
@@ -384,6 +416,7 @@ def _safe_yaml_loader() -> type:
     return DataFileLoader
 
 
+@one_line_errors
 def load_data_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YOLO ``data.yaml`` as a mapping: bounded in size, no aliases; ``ValueError`` naming the file."""
     import yaml
@@ -533,6 +566,7 @@ def _yolo_record(image: Path, image_id: int, classes: list[str], hygiene: BoxHyg
     return ImageRecord(image, width, height, kept, kept_labels, image_id)
 
 
+@one_line_errors
 def read_yolo(path: str | os.PathLike[str], split: str = "train") -> DetectionSource:
     """The ``split`` (``train``/``val``/``test``) of a YOLO ``data.yaml``."""
     path = Path(path)
@@ -564,6 +598,7 @@ def read_yolo(path: str | os.PathLike[str], split: str = "train") -> DetectionSo
     return DetectionSource(records, classes, origin, looked_in or "the label files of the listed images")
 
 
+@one_line_errors
 def read_detection_source(data: str | os.PathLike[str], split: str = "train",
                           images: str | os.PathLike[str] | None = None) -> DetectionSource:  # fmt: skip
     """A COCO JSON (``.json``) or a YOLO ``data.yaml`` (``.yaml``/``.yml``), by its suffix.
