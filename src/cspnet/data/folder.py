@@ -124,12 +124,20 @@ def decode_image(path: str | os.PathLike[str]) -> Any:
             rgb = _rgb(ImageOps.exif_transpose(img))
             rgb.load()  # decode now, inside the try: the file closes when the block ends
             return rgb
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"cannot read image {path}: too large to decode safely ({exc})") from exc
     except Exception as exc:
-        # Pillow's decoders raise more than OSError on damaged files (fuzzing found TypeError from a
-        # TIFF tag, SyntaxError, EOFError, struct.error): whatever a file makes them raise, it is a bad file.
-        raise ValueError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: str | os.PathLike[str], exc: Exception) -> ValueError:
+    """The one-line error for an image Pillow could not open or decode."""
+    from PIL import Image
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return ValueError(f"cannot read image {path}: too large to decode safely ({exc})")
+    # Pillow's decoders raise more than OSError on damaged files (fuzzing found TypeError from a
+    # TIFF tag, SyntaxError, EOFError, struct.error): whatever a file makes them raise, it is a bad file.
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+    return ValueError(f"cannot read image {path}: {reason}")  # "[Errno 2] ..." would repeat the path
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -144,10 +152,8 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         with Image.open(path) as img:
             width, height = img.size
             orientation = img.getexif().get(0x0112, 1)
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"cannot read image {path}: too large to decode safely ({exc})") from exc
-    except Exception as exc:  # see decode_image
-        raise ValueError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
     return (height, width) if orientation in _ROTATED else (width, height)
 
 
