@@ -7,7 +7,15 @@
 """
 
 from cspnet.data.digits import load_digits_split
-from cspnet.data.folder import IMAGE_EXTENSIONS, ImageFolder, load_folder_split, read_image
+from cspnet.data.folder import (
+    IMAGE_EXTENSIONS,
+    ImageFolder,
+    decode_image,
+    image_size,
+    load_folder_split,
+    read_image,
+    split_indices,
+)
 from cspnet.data.sampler import ResumableSampler
 from cspnet.data.transforms import BatchAugment, MixupCutmix, Normalize
 
@@ -18,7 +26,10 @@ __all__ = [
     "MixupCutmix",
     "Normalize",
     "ResumableSampler",
+    "decode_image",
+    "image_size",
     "load_digits_split",
     "load_folder_split",
     "read_image",
+    "split_indices",
 ]

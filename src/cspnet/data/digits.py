@@ -49,11 +49,11 @@ def load_digits_split(img_size: int = 16, crop_pct: float = 1.0) -> tuple[Tensor
     the default, keeps the whole digit; below 1 the digits are upsampled to ``img_size / crop_pct``
     and their centre kept, as a folder's images would be.
     """
-    from cspnet.data.folder import _split_indices
+    from cspnet.data.folder import split_indices
     from cspnet.data.transforms import resize_size
 
     images, targets = digits_images(img_size)
-    train_idx, val_idx = _split_indices(targets.tolist(), DIGITS_VAL_FRACTION, DIGITS_SPLIT_SEED)
+    train_idx, val_idx = split_indices(targets.tolist(), DIGITS_VAL_FRACTION, DIGITS_SPLIT_SEED)
     classes = [str(i) for i in range(10)]
     val_images = images[val_idx]
     side = resize_size(img_size, crop_pct)

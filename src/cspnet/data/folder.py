@@ -6,7 +6,12 @@ batches (:mod:`cspnet.data.transforms`). Two resizes exist: training images are 
 square as a whole (the random resized crop follows), evaluation images by timm's ``crop_pct`` rule
 (short side to ``img_size / crop_pct``, centre crop; see :func:`read_image`).
 
-Bad files, in two stages:
+:func:`decode_image` is the one image reader of every task (detection's data sets and
+``cspnet detect predict`` use it too): EXIF orientation, 16-bit and float images scaled by their
+range, decompression bombs refused, every decoder error a ``ValueError`` naming the file.
+
+Bad files, in two stages (detection's data sets follow the same two, through :func:`image_size`,
+:func:`decode_or_skip` and :func:`first_decodable`):
 
 * when the folder is scanned, every file is opened and checked with Pillow's ``verify``; the ones
   that fail are skipped with one warning that counts them, and a folder with nothing readable is an
@@ -29,9 +34,9 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -41,8 +46,10 @@ from torch.utils.data import Dataset
 from cspnet.data.transforms import DEFAULT_CROP_PCT, resize_size
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
@@ -94,14 +101,68 @@ def _resize(img: Any, size: int, crop_pct: float | None) -> Any:
     return img.crop((left, top, left + size, top + size))
 
 
+def decode_image(path: str | os.PathLike[str]) -> Any:
+    """Decode ``path`` to an upright 8-bit RGB Pillow image: the one image reader of every task.
+
+    EXIF orientation is applied; 16-bit and float images are scaled to 8 bits by their value range
+    (see :func:`_to_uint8`), never saturated. Raises ``ValueError`` naming the file when Pillow
+    cannot decode it (whatever its decoders raise), or when it is larger than Pillow's
+    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``).
+
+    >>> import tempfile, numpy as np
+    >>> from PIL import Image
+    >>> path = tempfile.mktemp(suffix=".png")
+    >>> Image.fromarray(np.full((4, 8), 1000, dtype=np.uint16)).save(path)  # 16-bit grey
+    >>> image = decode_image(path)
+    >>> image.mode, image.size, image.getpixel((0, 0))  # 1000 / 65535 of full scale, not saturated
+    ('RGB', (8, 4), (4, 4, 4))
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            rgb = _rgb(ImageOps.exif_transpose(img))
+            rgb.load()  # decode now, inside the try: the file closes when the block ends
+            return rgb
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: str | os.PathLike[str], exc: Exception) -> ValueError:
+    """The one-line error for an image Pillow could not open or decode."""
+    from PIL import Image
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return ValueError(f"cannot read image {path}: too large to decode safely ({exc})")
+    # Pillow's decoders raise more than OSError on damaged files (fuzzing found TypeError from a
+    # TIFF tag, SyntaxError, EOFError, struct.error): whatever a file makes them raise, it is a bad file.
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+    return ValueError(f"cannot read image {path}: {reason}")  # "[Errno 2] ..." would repeat the path
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` of ``path`` as displayed (EXIF rotation applied), without decoding JPEG data.
+
+    Raises ``ValueError`` naming the file as :func:`decode_image` does (a decompression bomb
+    included), so a data set's scan and its decoding agree on what a bad file is.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
+    return (height, width) if orientation in _ROTATED else (width, height)
+
+
 def read_image(path: str | os.PathLike[str], size: int, crop_pct: float | None = None) -> Tensor:
-    """Decode ``path`` to a ``(3, size, size)`` uint8 tensor (RGB, EXIF orientation applied).
+    """Decode ``path`` (:func:`decode_image`) to a ``(3, size, size)`` uint8 tensor.
 
     ``crop_pct=None`` resizes the whole image to the square (bilinear); a fraction resizes the short
     side to ``floor(size / crop_pct)`` and keeps the centre square (timm's evaluation transform).
-    16-bit and float images are scaled to 8 bits by their value range (see :func:`_to_uint8`).
-    Raises ``ValueError`` naming the file when Pillow cannot decode it, or when it is larger than
-    Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``).
+    Raises ``ValueError`` naming the file when it cannot be decoded.
 
     >>> import tempfile, numpy as np
     >>> from PIL import Image
@@ -110,19 +171,11 @@ def read_image(path: str | os.PathLike[str], size: int, crop_pct: float | None =
     >>> read_image(path, 2).unique().tolist()  # 1000 / 65535 of full scale, not saturated
     [4]
     """
-    from PIL import Image, ImageOps
-
+    image = decode_image(path)
     try:
-        with Image.open(path) as img:
-            upright = ImageOps.exif_transpose(img)
-            array = np.asarray(_resize(_rgb(upright), size, crop_pct), dtype=np.uint8).copy()
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"cannot read image {path}: too large to decode safely ({exc})") from exc
-    except Exception as exc:
-        # Pillow's decoders raise more than OSError on damaged files (fuzzing found TypeError from a
-        # TIFF tag, SyntaxError, EOFError, struct.error): whatever a file makes them raise, it is a bad file.
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
-        raise ValueError(f"cannot read image {path}: {reason}") from exc  # "[Errno 2] ..." would repeat the path
+        array = np.asarray(_resize(image, size, crop_pct), dtype=np.uint8).copy()
+    finally:
+        image.close()
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -207,26 +260,42 @@ class ImageFolder(Dataset):
     def load(self, i: int) -> tuple[Tensor, int] | None:
         """Item ``i``, or ``None`` when its file cannot be decoded (remembered, warned about once)."""
         path, target = self.samples[i]
-        if path in self.undecodable:
-            return None
-        try:
-            return read_image(path, self.size, self.crop_pct), target
-        except ValueError as exc:
-            self.undecodable[path] = str(exc)
-            from torch.utils.data import get_worker_info
-
-            where = " in this DataLoader worker" if get_worker_info() is not None else ""
-            warnings.warn(
-                f"skipped an undecodable image ({len(self.undecodable)} so far{where}): {exc}", stacklevel=2
-            )
-            return None
+        image = decode_or_skip(path, lambda p: read_image(p, self.size, self.crop_pct), self.undecodable)
+        return None if image is None else (image, target)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return _first_decodable(self.load, len(self), i, self.root)
+        return first_decodable(self.load, len(self), i, self.root)
 
 
-def _first_decodable(load: Any, length: int, i: int, where: object) -> tuple[Tensor, int]:
-    """Item ``i``, or if it cannot be decoded the next one that can (see the module docstring)."""
+def decode_or_skip(path: Path, decode: Callable[[Path], T], undecodable: dict[Path, str]) -> T | None:
+    """``decode(path)``, or ``None`` when it raises ``ValueError``: the file is then remembered in
+    ``undecodable`` (path -> why; never decoded again) and named in a warning with a running count.
+
+    The count is per process: DataLoader workers cannot share a counter cheaply. Every data set
+    that decodes lazily (classification folders, detection sources) skips a bad file through here.
+    """
+    if path in undecodable:
+        return None
+    try:
+        return decode(path)
+    except ValueError as exc:
+        undecodable[path] = str(exc)
+        from torch.utils.data import get_worker_info
+
+        where = " in this DataLoader worker" if get_worker_info() is not None else ""
+        warnings.warn(f"skipped an undecodable image ({len(undecodable)} so far{where}): {exc}", stacklevel=3)
+        return None
+
+
+def first_decodable(load: Callable[[int], T | None], length: int, i: int, where: object) -> T:
+    """Item ``i``, or if it cannot be decoded the next one that can (see the module docstring).
+
+    The substitute depends only on which files decode, never on timing or order of access, so a
+    resumed run sees the same batches. ``ValueError`` naming ``where`` when none can be decoded;
+    ``IndexError`` past the end (iterating a data set stops there).
+    """
+    if not -length <= i < length:
+        raise IndexError(f"{where}: item {i} of {length}")
     for offset in range(length):
         item = load((i + offset) % length)
         if item is not None:
@@ -234,8 +303,14 @@ def _first_decodable(load: Any, length: int, i: int, where: object) -> tuple[Ten
     raise ValueError(f"{where}: none of its {length} images can be decoded")
 
 
-def _split_indices(targets: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A seeded, per-class (stratified) split: the same files land in val on every run and machine."""
+def split_indices(targets: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded, per-class (stratified) split: the same files land in val on every run and machine.
+
+    Returns sorted training and validation indices; a class with one item keeps it in training.
+
+    >>> split_indices([0, 0, 0, 0, 1, 1, 1, 1, 2], val_fraction=0.25, seed=0)
+    ([0, 1, 3, 4, 5, 6, 8], [2, 7])
+    """
     rng = np.random.default_rng(seed)
     targets_arr = np.asarray(targets)
     train, val = [], []
@@ -262,7 +337,7 @@ class Subset(Dataset):
         if not hasattr(self.dataset, "load"):
             return self.dataset[self.indices[i]]
         # Substitute within this subset: a training image must never be replaced by a held-out one.
-        return _first_decodable(self.load, len(self), i, getattr(self.dataset, "root", "subset"))
+        return first_decodable(self.load, len(self), i, getattr(self.dataset, "root", "subset"))
 
     def load(self, i: int) -> Any:
         inner = self.dataset
@@ -298,7 +373,7 @@ def load_folder_split(
         train = ImageFolder(root / "train", size)
         return train, ImageFolder(root / "val", size, classes=train.classes, crop_pct=crop_pct)
     full = ImageFolder(root, size)
-    train_idx, val_idx = _split_indices(full.targets, val_fraction, seed)
+    train_idx, val_idx = split_indices(full.targets, val_fraction, seed)
     if not val_idx:
         raise ValueError(f"{root}: too few images to hold out a validation split")
     return Subset(full, train_idx), Subset(_with_crop(full, crop_pct), val_idx)

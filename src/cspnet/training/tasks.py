@@ -158,6 +158,7 @@ class DetectionTask(Task):
             read_detection_source,
             read_yolo,
         )
+        from cspnet.detection.data.readers import require_boxes
         from cspnet.detection.data.split import hold_out
 
         if cfg.is_digits:
@@ -169,6 +170,7 @@ class DetectionTask(Task):
             val = read_yolo(cfg.data, "val")
         else:
             train, val = hold_out(train, cfg.val_fraction)
+            require_boxes(train)  # the share left to train on may have lost every box
         train_set = DetectionImages(train, cfg.side)
         return train_set, DetectionImages(val, cfg.side, classes=train_set.classes)
 
@@ -198,11 +200,9 @@ class DetectionTask(Task):
 
 
 def _yaml_has_split(path: str, split: str) -> bool:
-    import yaml  # type: ignore[import-untyped]
+    from cspnet.detection.data.readers import load_data_yaml
 
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    return isinstance(data, dict) and data.get(split) is not None
+    return load_data_yaml(path).get(split) is not None
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

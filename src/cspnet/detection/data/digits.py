@@ -122,12 +122,12 @@ def digits_detection_split(
     from sklearn.datasets import load_digits
 
     from cspnet.data.digits import DIGITS_SPLIT_SEED, DIGITS_VAL_FRACTION
-    from cspnet.data.folder import _split_indices
+    from cspnet.data.folder import split_indices
 
     bunch = load_digits()
     digits = (bunch.images / 16.0).astype(np.float32)
     labels = bunch.target.astype(np.int64)
-    train_idx, val_idx = _split_indices(labels.tolist(), DIGITS_VAL_FRACTION, DIGITS_SPLIT_SEED)
+    train_idx, val_idx = split_indices(labels.tolist(), DIGITS_VAL_FRACTION, DIGITS_SPLIT_SEED)
     classes = [str(i) for i in range(10)]
     sets = []
     for idx, count, seed in ((train_idx, train_images, _TRAIN_SEED), (val_idx, val_images, _VAL_SEED)):

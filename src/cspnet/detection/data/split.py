@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from cspnet.detection.data.readers import DetectionSource
@@ -23,5 +25,5 @@ def hold_out(source: DetectionSource, fraction: float, seed: int = 0) -> tuple[D
     train = [source.records[i] for i in sorted(order[cut:])]
     if not train:
         raise ValueError(f"{source.origin}: {len(source.records)} image(s) are too few to hold out a validation split")
-    return (DetectionSource(train, source.classes, source.origin),
-            DetectionSource(val, source.classes, source.origin + " (held out)"))  # fmt: skip
+    return (dataclasses.replace(source, records=train),
+            dataclasses.replace(source, records=val, origin=source.origin + " (held out)"))  # fmt: skip
