@@ -133,6 +133,12 @@ def _quiet_broken_pipe() -> int:
     return SIGPIPE_EXIT
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    """How messages name the command that ran: ``cspnet train``, ``cspnet detect val``."""
+    action = getattr(args, "action", None)
+    return " ".join(["cspnet", args.command, *([action] if action else [])])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from cspnet.runtime import default_openmp_wait_policy  # stdlib only: torch is not loaded yet
 
@@ -160,12 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if args.verbose:
             raise
-        print(f"cspnet {args.command}: error: {user_message(exc)}", file=sys.stderr)
+        print(f"{_command_name(args)}: error: {user_message(exc)}", file=sys.stderr)
         return USER_ERROR_EXIT
     except Exception as exc:  # not the user's input: a bug, said so, with how to report it
         if args.verbose:
             raise
-        print(f"cspnet {args.command}: {bug_message(exc, args.command)}", file=sys.stderr)
+        print(f"{_command_name(args)}: {bug_message(exc, args.command)}", file=sys.stderr)
         return BUG_EXIT
 
 
