@@ -13,9 +13,6 @@ from torch.utils.data import DataLoader, Dataset
 from cspnet.data import ResumableSampler
 from cspnet.training.config import RunConfig
 
-DIGITS_MEAN = (0.19, 0.19, 0.19)  # measured on the 16x16 digits; the ink is sparse
-DIGITS_STD = (0.33, 0.33, 0.33)
-
 
 class Examples(Protocol):
     """What training needs of a data set: sized, indexable, with class names."""

@@ -107,8 +107,8 @@ class ClassificationTask(Task):
         return load_folder_split(cfg.data, cfg.side, cfg.val_fraction, seed=0, crop_pct=crop_pct)
 
     def normalization(self, cfg: Any) -> tuple[list[float], list[float]]:
+        from cspnet.data.digits import DIGITS_MEAN, DIGITS_STD
         from cspnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-        from cspnet.training.datamodule import DIGITS_MEAN, DIGITS_STD
 
         mean, std = (DIGITS_MEAN, DIGITS_STD) if cfg.is_digits else (IMAGENET_MEAN, IMAGENET_STD)
         return list(mean), list(std)
