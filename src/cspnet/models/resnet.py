@@ -40,13 +40,14 @@ CSPRESNEXT50 = CSPRESNET50.replace(out_chs=(256, 512, 1024, 2048), expand_ratio=
 
 # The darknet cfgs: split convs leaky in stages 1 and 4, linear in 2 and 3; stage 1's two split convs
 # give a 128-channel bypass and a 64-channel block path (conv_exp 192 wide, gamma 2/3), which the first
-# block widens to the stage's block width (block_ratio) through the partial-channel shortcut.
+# block widens to the stage's block width (block_ratio, stage 1 only) through the partial-channel
+# shortcut. The other stages' blocks are as wide as their block path, as in the timm layouts.
 _PAPER = {"act": "leaky", "stem_pool": "2x2", "shortcut": "darknet", "split_linear": (False, True, True, False)}
 CSPRESNET50_PAPER = CSPRESNET50.replace(
-    **_PAPER, expand_ratio=(1.5, 2.0, 2.0, 2.0), partial_ratio=(2 / 3, 0.5, 0.5, 0.5), block_ratio=1.0
+    **_PAPER, expand_ratio=(1.5, 2.0, 2.0, 2.0), partial_ratio=(2 / 3, 0.5, 0.5, 0.5), block_ratio=(1.0, None, None, None)
 )
 CSPRESNEXT50_PAPER = CSPRESNEXT50.replace(
-    **_PAPER, expand_ratio=(0.75, 1.0, 1.0, 1.0), partial_ratio=(2 / 3, 0.5, 0.5, 0.5), block_ratio=0.5
+    **_PAPER, expand_ratio=(0.75, 1.0, 1.0, 1.0), partial_ratio=(2 / 3, 0.5, 0.5, 0.5), block_ratio=(0.5, None, None, None)
 )
 # The -elastic cfgs: the timm layout's even stage-1 split (block path 128, so no partial shortcut), the
 # darknet activations, and ELASTIC blocks whose halves have no bottleneck (1x1, 3x3, 1x1 at half width;

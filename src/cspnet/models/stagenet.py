@@ -69,7 +69,7 @@ def per_stage(
     """A per-stage tuple of numbers in ``[low, high]`` (``(low, high]`` with ``low_open``).
 
     A single number is accepted too and repeated for every stage; ``optional`` also admits ``None``
-    (for every stage: a width derived from the others).
+    (for every stage, or an entry for one stage: a width derived from the others).
     """
     return field(default=default, metadata={"per_stage": (low, high, low_open), "optional": optional, "doc": doc})
 
@@ -103,9 +103,9 @@ class StageNetConfig(ModelConfig):
         0.5, 0.0, 1.0, doc="gamma: fraction of conv_exp's channels that bypass the blocks (0: plain stage)"
     )
     bottle_ratio: tuple[float, ...] = per_stage(0.5, 0.0, 16.0, low_open=True, doc="block inner width / block width")
-    block_ratio: tuple[float, ...] | None = per_stage(
+    block_ratio: tuple[float | None, ...] | None = per_stage(
         None, 0.0, 16.0, low_open=True, optional=True,
-        doc="block width / out_chs (None: the blocks are as wide as the block path the split leaves them)",
+        doc="block width / out_chs (None, for a stage or all: the blocks are as wide as the path the split leaves)",
     )  # fmt: skip
     split_linear: tuple[bool, ...] = per_stage_flags(True, doc="conv_exp without activation (timm's cross_linear)")
     fusion: str = fusion_field()
@@ -176,6 +176,8 @@ class StageNetConfig(ModelConfig):
             elif rule is not None:
                 low, high, low_open = rule
                 for v in value:
+                    if v is None and f.metadata.get("optional"):
+                        continue
                     ok = isinstance(v, (int, float)) and not isinstance(v, bool)
                     if not ok or not (v > low if low_open else v >= low) or v > high:
                         expected = f"{low} {'<' if low_open else '<='} {f.name} <= {high}"
@@ -206,11 +208,12 @@ class StageNetConfig(ModelConfig):
         return plans
 
     def block_width(self, i: int) -> int | Callable[[int], int]:
-        """Stage ``i``'s block width: ``out_chs * block_ratio``, or (``block_ratio=None``) the width
-        of the block path the split leaves (a function of it, for :func:`~cspnet.layers.plan_stage`)."""
-        if self.block_ratio is None:
+        """Stage ``i``'s block width: ``out_chs * block_ratio``, or (``None``) the width of the block
+        path the split leaves (a function of it, for :func:`~cspnet.layers.plan_stage`)."""
+        ratio = None if self.block_ratio is None else self.block_ratio[i]
+        if ratio is None:
             return _same_width
-        return int(round(self.out_chs[i] * self.block_ratio[i]))
+        return int(round(self.out_chs[i] * ratio))
 
     def _check_identity_shortcuts(self, plans: list[StagePlan]) -> None:
         """An identity shortcut needs every first block to keep its input's shape."""
