@@ -21,6 +21,11 @@ paper leaves open (documented in ``docs/cspdensenet.md``), all config fields:
   (``last_stage_transition=False``): its bypass joins the partial dense block's output by
   concatenation alone, which gives DenseNet's final width. A T/U pair there would cost more than
   the partial dense block saves (DenseNet-201: +0.29 GMACs against -0.09).
+
+``elastic`` (one flag, or one per stage) makes every dense layer of a stage an
+:class:`~cspnet.layers.ElasticDenseLayer` (allenai/elastic's DenseNet-201-Elastic: half the
+bottleneck at half resolution); ``densenet201_elastic`` / ``cspdensenet201_elastic`` are that
+layout, the second with the CSP stages above (docs/cspdensenet.md: the paper's figures and the choices).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ Every stage ``i`` is a :class:`~cspnet.layers.CrossStagePartial` sized by the st
              stage 0 of a ResNet-style stem gets the stem's max pool instead)
     conv_exp 1x1 to exp = out * expand_ratio, split into
              bypass = exp * partial_ratio (first channels) | block path = the rest
-    blocks   depth x residual block (bottleneck or dark) of width out * block_ratio
+             (both multiples of ``groups``: grouped convs read them)
+    blocks   depth x residual block (bottleneck or dark; ELASTIC with ``elastic``) as wide as the
+             block path (``block_ratio=None``, so any gamma works), or out * block_ratio
     T        1x1, block width -> block width * transition_b_ratio (default 1: keeps the width)
     U        1x1 over [bypass, T] -> out
 
@@ -20,7 +22,11 @@ The darknet cfgs build ``conv_exp`` as two parallel 1x1 convs (bypass, then bloc
 with the bypass rows first is the same map (the darknet weight reader stacks them). CSPResNe(X)t's
 first stage splits unevenly (bypass 128, block path 64 channels): ``expand_ratio`` 1.5 / 0.75 with
 ``partial_ratio`` 2/3, and its first block joins 64 input to 128 output channels through darknet's
-partial-channel shortcut (``shortcut="darknet"``).
+partial-channel shortcut (``shortcut="darknet"``): the one stage whose block width is pinned
+(``block_ratio``); every other stage's blocks take the width the split gives them.
+
+With ``elastic=True`` (per stage) every block is an :class:`~cspnet.layers.ElasticBlock`: the
+block's convs on each half of its channels, one half at half resolution (the ``*-elastic.cfg``).
 
 >>> import torch
 >>> cfg = StageNetConfig(out_chs=(32, 64), depths=(1, 1), strides=(1, 2), expand_ratio=2.0,
