@@ -188,6 +188,28 @@ def test_densenet201_elastic_is_the_papers() -> None:
     assert round(elastic_counter_bflops("densenet201_elastic", 224), 2) == 8.77  # the paper: 8.77
 
 
+def test_memory_efficient_elastic_layers_compute_the_same() -> None:
+    """Recomputing the concatenation and its norm in backward changes neither numbers nor BN statistics."""
+    torch.manual_seed(0)
+    settings = {"block_config": (2, 2, 2, 2), "num_classes": 5}
+    plain = cspnet.create_model("cspdensenet201_elastic", **settings)
+    recomputing = cspnet.create_model("cspdensenet201_elastic", memory_efficient=True, **settings)
+    recomputing.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for model in (plain, recomputing):
+        out = model(x)
+        out.square().sum().backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[1], outputs[0])
+    grads = dict(plain.named_parameters())
+    for n, q in recomputing.named_parameters():
+        torch.testing.assert_close(q.grad, grads[n].grad, msg=n)
+    buffers = dict(plain.named_buffers())
+    for n, b in recomputing.named_buffers():
+        torch.testing.assert_close(b, buffers[n], msg=n)
+
+
 def test_elastic_config_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match="elastic=True needs down='conv'"):
         cspnet.create_model("resnet50_paper", elastic=True)
@@ -346,3 +368,21 @@ def test_split_rounds_to_the_group_count() -> None:
     plan: StagePlan = cspnet.layers.plan_stage(192, 0.25, 128, out_chs=256, exp_chs=192, multiple=32)
     assert (plan.bypass_chs, plan.block_in_chs) == (64, 128)
     assert math.gcd(plan.bypass_chs, 32) == 32
+
+
+def test_the_reproduction_reports_the_elastic_rows() -> None:
+    from cspnet.profiling.reproduce import ElasticRow
+    from cspnet.reports.reproduction import elastic_section
+
+    def row(name: str, **overrides: object) -> ElasticRow:
+        side = cspnet.get_model_entry(name).input_size[1]
+        p = profile(name, side, **overrides)
+        return ElasticRow(name, dict(overrides), p, elastic_counter_bflops(name, side, conv_macs=p.conv_macs, **overrides))
+
+    pairs = [(row("cspdarknet53_paper"), row("cspdarknet53_elastic_paper"))]
+    text = "\n".join(elastic_section(pairs, [row("cspdensenet201_elastic"), row("cspdensenet201_elastic", partial_ratio=0.75)]))
+    assert "## 5. The Elastic models" in text
+    assert "| cspdarknet53_elastic_paper | 256 | 19.082 | 19.045 | 7.741 |" in text
+    assert "-40.76% vs cspdarknet53_paper" in text
+    assert "| none (the registered model) | 16.774 | -16.84% | 8.231 | +15.44% | 8.022 |" in text
+    assert "| partial_ratio=0.75 | 14.993 |" in text

@@ -117,14 +117,15 @@ class AblationRow:
 _ELASTIC_COUNTED = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.MaxPool2d, nn.AvgPool2d)
 
 
-def elastic_counter_bflops(name: str, side: int, **overrides: Any) -> float:
+def elastic_counter_bflops(name: str, side: int, *, conv_macs: int | None = None, **overrides: Any) -> float:
     """2 x what ELASTIC's FLOP counter reports for ``name`` at ``side`` x ``side``, in billions.
 
-    That counter sums conv and linear multiply-adds (:attr:`ModelProfile.conv_macs`) and the input
-    elements of every batch norm (x2 with its affine step), ReLU-family activation and pool module;
-    upsampling, concatenations and functional calls are free. The CSPNet paper's Elastic DenseNet
-    figures (8.77, 7.13 BFLOPs) are twice its output. (This library's final norm carries its ReLU as
-    a module where allenai calls ``F.relu``: 94K elements more for DenseNet-201-Elastic, 0.002 %.)
+    That counter sums conv and linear multiply-adds (:attr:`ModelProfile.conv_macs`; pass them as
+    ``conv_macs`` when a profile is at hand) and the input elements of every batch norm (x2 with its
+    affine step), ReLU-family activation and pool module; upsampling, concatenations and functional
+    calls are free. The CSPNet paper's Elastic DenseNet figures (8.77, 7.13 BFLOPs) are twice its
+    output. (This library's final norm carries its ReLU as a module where allenai calls ``F.relu``:
+    94K elements more for DenseNet-201-Elastic, 0.002 %.)
 
     >>> round(elastic_counter_bflops("densenet201_elastic", 224), 2)
     8.77
@@ -145,7 +146,9 @@ def elastic_counter_bflops(name: str, side: int, **overrides: Any) -> float:
     finally:
         for h in handles:
             h.remove()
-    return 2 * (profile(name, side, **overrides).conv_macs + elements) / 1e9
+    if conv_macs is None:
+        conv_macs = profile(name, side, **overrides).conv_macs
+    return 2 * (conv_macs + elements) / 1e9
 
 
 def measure_published() -> list[PublishedFigure]:
@@ -166,7 +169,7 @@ def measure_published() -> list[PublishedFigure]:
                 ref = float(figures[key]) / (1e6 if key in _IN_MILLIONS else 1)
                 rows.append(PublishedFigure(name, source, side, label, ref, ours_fn(p)))
             if elastic is not None:
-                ours = elastic_counter_bflops(name, side)
+                ours = elastic_counter_bflops(name, side, conv_macs=p.conv_macs)
                 rows.append(PublishedFigure(name, source, side, ELASTIC_BFLOPS_LABEL, float(elastic), ours))
     return rows
 
@@ -187,7 +190,8 @@ def measure_elastic() -> tuple[list[tuple[ElasticRow, ElasticRow]], list[Elastic
 
     def row(name: str, **overrides: Any) -> ElasticRow:
         side = get_model_entry(name).input_size[1]
-        return ElasticRow(name, overrides, profile(name, side, **overrides), elastic_counter_bflops(name, side, **overrides))
+        p = profile(name, side, **overrides)
+        return ElasticRow(name, overrides, p, elastic_counter_bflops(name, side, conv_macs=p.conv_macs, **overrides))
 
     pairs = [(row(a), row(b)) for a, b in ELASTIC_PAIRS if a in registered and b in registered]
     choices = [row(ELASTIC_DENSE_MODEL, **o) for o in ELASTIC_DENSE_CHOICES] if ELASTIC_DENSE_MODEL in registered else []
