@@ -1,11 +1,15 @@
-"""Session-wide test settings: quiet OpenMP waiting, a bounded thread count, and one printed seed.
+"""Session-wide test settings: quiet OpenMP waiting, a bounded thread count, and seeds.
 
-Seeds: every random choice of the tests comes from one session seed (``tests/seeding.py``), printed
-in pytest's header and at the end of its summary; ``CSPNET_TEST_SEED=N`` repeats a session. The
-global generators of ``random``, NumPy and torch are seeded before each test from the session seed
-and the test's id, so a test draws the same data alone as in the whole run. Hypothesis takes the
-session seed too (``--hypothesis-seed`` overrides it): its examples are then a function of the
-printed seed, and its example database is not consulted, so a CI failure repeats from the seed alone.
+Random choices (which kill points a resume test samples, Hypothesis's examples) come from one
+session seed (``tests/seeding.py``), fresh every session so that CI explores, and printed in
+pytest's header and at the end of its summary: ``CSPNET_TEST_SEED=N`` repeats a session. Hypothesis
+takes the session seed as its own (``--hypothesis-seed`` overrides it); its example database is then
+not consulted, so a CI failure repeats from the printed seed alone.
+
+Test data drawn from the global generators (an unseeded ``torch.randn``, ``create_model``'s
+initialisation) is the same in every session instead: ``random``, NumPy and torch are seeded before
+each test from the test's id, so a test draws the same numbers alone as in the whole run, whatever
+ran before it.
 """
 
 import os
@@ -25,7 +29,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
-from seeding import ENV, seed_for, session_seed  # noqa: E402
+from seeding import ENV, fixed_seed, session_seed  # noqa: E402
 
 
 def _repeat_line() -> str:
@@ -38,8 +42,12 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 @pytest.hookimpl(tryfirst=True)  # before Hypothesis's plugin reads the option
 def pytest_configure(config: pytest.Config) -> None:
+    try:
+        seed = session_seed()
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
     if getattr(config.option, "hypothesis_seed", None) is None:
-        config.option.hypothesis_seed = str(session_seed())
+        config.option.hypothesis_seed = str(seed)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -48,8 +56,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 @pytest.fixture(autouse=True)
 def _seed_global_generators(request: pytest.FixtureRequest) -> None:
-    """Unseeded draws in a test (``torch.randn``, ``create_model``'s init) repeat with the session seed."""
-    seed = seed_for(request.node.nodeid)
+    """Unseeded draws in a test (``torch.randn``, ``create_model``'s init) are the same in every run."""
+    seed = fixed_seed(request.node.nodeid)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -39,3 +39,8 @@ def rng(purpose: str) -> random.Random:
 def seed_for(purpose: str) -> int:
     """A 32-bit seed for generators that take an integer (torch, NumPy), derived like ``rng``."""
     return rng(purpose).getrandbits(32)
+
+
+def fixed_seed(purpose: str) -> int:
+    """A 32-bit seed that depends on ``purpose`` alone, the same in every session."""
+    return random.Random(purpose).getrandbits(32)
