@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = [n for n in wanted if n not in kept or n in redo]
     # Which machine recorded which models: earlier entries lose the models recorded now.
     earlier = [
-        {**e, "models": [n for n in e["models"] if n in kept and n not in fresh]}
+        {**e, "models": [n for n in e["models"] if n in models and n not in fresh]}
         for e in existing.get("recorded_on", [])
     ]
     recorded_on = [e for e in earlier if e["models"]] + ([{**machine(), "models": fresh}] if fresh else [])
