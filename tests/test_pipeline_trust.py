@@ -110,6 +110,24 @@ def test_a_second_run_into_a_folder_in_use_is_refused(task, shapes, tmp_path, ca
     assert main([*command(task, shapes), "--epochs", "1", "--limit-train-batches", "1", "--output", str(out)]) == 0
 
 
+def test_the_folder_is_free_once_the_run_ends_even_if_a_forked_worker_lives_on(tmp_path):
+    """A data-loader worker forked during the run shares the lock's open file; a resume in the same process
+    straight after a crash must not find its own folder "in use" because that worker has not exited yet."""
+    from cspnet.training.files import run_folder_lock
+
+    with run_folder_lock(tmp_path):
+        child = os.fork()
+        if child == 0:  # the "worker": holds the inherited descriptor for a while, then leaves
+            time.sleep(3)
+            os._exit(0)
+    try:
+        with run_folder_lock(tmp_path):  # would raise "in use by another run" while the child lives
+            pass
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+
+
 @pytest.mark.slow
 def test_two_real_processes_into_one_folder(tmp_path):
     out = tmp_path / "run"

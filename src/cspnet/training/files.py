@@ -85,4 +85,9 @@ def run_folder_lock(folder: Path, enabled: bool = True) -> Iterator[None]:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        # Unlock explicitly before closing: a data-loader worker forked during the run shares this open
+        # file and would otherwise keep the lock alive after the run ended (a resume in the same
+        # process, straight after a crash, then found its own folder "in use").
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
