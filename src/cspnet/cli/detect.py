@@ -221,7 +221,7 @@ def json_lines(rows: list[Any]) -> str:
     """
     from cspnet.io import dumps_json
 
-    return "[\n" + ",\n".join(dumps_json(row, indent=None) for row in rows) + ("\n" if rows else "") + "]\n"
+    return "[\n" + ",\n".join(dumps_json(row, indent=None).strip() for row in rows) + ("\n" if rows else "") + "]\n"
 
 
 # -- val -------------------------------------------------------------------------------------------
@@ -523,7 +523,10 @@ def _detection_rows(found: Any, image_id: int, path: Path, ids: _ResultIds) -> l
 
 
 def _summary_line(path: Path, found: Any) -> str:
-    shown = ", ".join(f"{n} {s:.2f}" for n, s in zip(found.class_names, found.scores.tolist()))
+    """``photo.jpg: 3 object(s): 2 person, 1 dog`` (classes by count, then first seen)."""
+    from collections import Counter
+
+    shown = ", ".join(f"{count} {name}" for name, count in Counter(found.class_names).most_common())
     return f"{path}: {len(found)} object(s)" + (f": {shown}" if shown else "")
 
 
@@ -572,7 +575,7 @@ def _predict_video(model: Any, path: Path, stem: str, outputs: _Outputs, run: di
     header = {"source": str(path), "fps": reader.fps, "frames": len(frames), "boxes": "x1, y1, x2, y2 in frame pixels"}
     from cspnet.io import dumps_json
 
-    body = dumps_json(header, indent=None)[:-1] + ', "per_frame": ' + json_lines(frames).rstrip("\n") + "}\n"
+    body = dumps_json(header, indent=None).strip()[:-1] + ', "per_frame": ' + json_lines(frames).rstrip("\n") + "}\n"
     atomic_write_text(outputs.out / f"{stem}.json", body)
     print(f"{path}: {len(frames)} frame(s), {count} object(s) -> {outputs.out / f'{stem}.mp4'}")
 

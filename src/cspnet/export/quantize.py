@@ -112,7 +112,12 @@ def quantize_int8(
         # onnxruntime's recommended first step: shape inference and graph clean-up, so every conv gets
         # its own quantisation parameters.
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        except Exception as exc:  # onnxruntime raises a bare Exception for shapes it cannot infer
+            # A detector's decoding (data-dependent shapes) stops the symbolic pass: ONNX's own inference does.
+            log.info("int8: symbolic shape inference failed (%s); using ONNX shape inference", exc)
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         # A batch norm left standing (DenseNet's pre-activation norms, which no conv absorbs) stays in
         # float: its per-channel affine has no int8 kernel and the quantiser cannot give it one.
         nodes = onnx.load(str(prepared)).graph.node
