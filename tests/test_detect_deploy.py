@@ -442,3 +442,21 @@ def test_the_readmes_three_lines_run_on_every_engine(run):
         model = load_model(run["onnx"] if engine != "torch" else run["ckpt"], backend=engine)
         for found in model.detect([run["images"] / "0.png", run["images"] / "1.png"], conf_threshold=0.01):
             assert len(found.boxes) == len(found.scores) == len(found.class_ids) == len(found.class_names)
+
+
+# -- 6. cspnet benchmark and cspnet export take detectors -----------------------------------------------------
+def test_benchmark_measures_a_detector_alone_and_end_to_end_per_stage(run, tmp_path, capsys):
+    from cspnet.inference.benchmark import BenchSpec, measure
+
+    for engine in ("torch", "onnxruntime"):
+        result = measure(BenchSpec("cspdensenet_bc40_efm", batch_size=2, img_size=64, backend=engine, min_steps=2,
+                                   min_seconds=0, warmup=1, images=str(run["images"])))  # fmt: skip
+        assert result["img_per_s"] > 0 and result["e2e_img_per_s"] > 0 and result["e2e_images"] == str(run["images"])
+        assert set(result["stage_ms"]) == {"decode", "letterbox", "model", "postprocess"}
+        assert all(v > 0 for v in result["stage_ms"].values())
+    out = tmp_path / "table.md"
+    assert main(["benchmark", "cspdensenet_bc40_efm", "--img-size", "64", "--batch-size", "1", "--seconds", "0",
+                 "--mode", "both", "--output", str(out)]) == 0  # fmt: skip
+    header, _, row = out.read_text().splitlines()[:3]
+    assert "e2e img/s" in header and "decode, letterbox, model, NMS" in header and row.count("|") == header.count("|")
+    assert "detectors: optimized inference through load_model only" in capsys.readouterr().err  # train mode skipped

@@ -64,10 +64,12 @@ def _folder_images(folder: Path) -> list[Path]:
 
 
 def calibration_split(data: str | os.PathLike[str], img_size: int, count: int, *,
-                      images: str | os.PathLike[str] | None = None, pad_value: int | None = None) -> CalibrationSplit:  # fmt: skip
+                      images: str | os.PathLike[str] | None = None, pad_value: int | None = None,
+                      held_out: bool = True) -> CalibrationSplit:  # fmt: skip
     """``count`` calibration images of ``data`` (see the module docstring) at ``img_size``, and the
-    held-out labelled set; ``images``: a COCO file's image folder; ``pad_value``: the letterbox grey
-    (default the training one). ``ValueError`` / ``FileNotFoundError`` in one line for unusable data."""
+    held-out labelled set (``held_out=False``: not wanted, so not made); ``images``: a COCO file's image
+    folder; ``pad_value``: the letterbox grey (default the training one). ``ValueError`` /
+    ``FileNotFoundError`` in one line for unusable data."""
     from cspnet.detection.data import (
         DetectionImages,
         DetectionSource,
@@ -75,13 +77,15 @@ def calibration_split(data: str | os.PathLike[str], img_size: int, count: int, *
         read_detection_source,
     )
     from cspnet.detection.data.boxes import LETTERBOX_FILL
+    from cspnet.detection.data.digits import DIGITS_DETECTION_VAL
 
     if count < 1:
         raise ValueError(f"calibration image count {count} is invalid: expected a positive integer")
     pad = LETTERBOX_FILL if pad_value is None else pad_value
     if str(data) == "digits":
-        train, val = digits_detection_split(img_size, train_images=count)  # canvases fill the input: no padding
-        return CalibrationSplit(train.images[:count], val, f"{count} images of digits")
+        # The canvases fill the input: no padding. The validation canvases are rendered only when wanted.
+        train, val = digits_detection_split(img_size, train_images=count, val_images=DIGITS_DETECTION_VAL if held_out else 1)
+        return CalibrationSplit(train.images[:count], val if held_out else None, f"{count} images of digits")
     path = Path(data)
     if not path.exists():
         raise FileNotFoundError(f"--calibration-data not found: {path} (expected 'digits', an image folder, a COCO "
@@ -96,8 +100,8 @@ def calibration_split(data: str | os.PathLike[str], img_size: int, count: int, *
     order = torch.randperm(len(source.records), generator=gen).tolist()
     first, rest = order[:count], order[count:]
     chosen = _letterboxed([source.records[i].path for i in first], img_size, pad)
-    held_out = None
-    if rest:
+    check = None
+    if rest and held_out:
         kept = DetectionSource([source.records[i] for i in sorted(rest)], source.classes, source.origin)
-        held_out = DetectionImages(kept, img_size)
-    return CalibrationSplit(chosen, held_out, f"{len(chosen)} images of {path}")
+        check = DetectionImages(kept, img_size)
+    return CalibrationSplit(chosen, check, f"{len(chosen)} images of {path}")

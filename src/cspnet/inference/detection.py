@@ -187,16 +187,20 @@ class DetectionModel(InferenceModel):
                            classes: Sequence[int] | None = None) -> list[dict[str, Tensor]]:  # fmt: skip
         """Letterboxed ``uint8 (N, 3, S, S)`` images -> per image ``boxes`` (input pixels), ``scores``,
         ``labels`` after the post-processing rule with ``limits`` (default: :meth:`thresholds`)."""
-        limits = limits or self.thresholds()
-        keep = self._class_filter(classes)
         outputs = self.outputs(self.preprocess(images_uint8))
+        return self.postprocess(outputs, tuple(images_uint8.shape), limits or self.thresholds(), classes)
+
+    def postprocess(self, outputs: list[Tensor], shape: Sequence[int], limits: Thresholds,
+                    classes: Sequence[int] | None = None) -> list[dict[str, Tensor]]:  # fmt: skip
+        """The engine's outputs for an input batch of ``shape`` ``(N, C, H, W)`` -> per image ``boxes``
+        (input pixels), ``scores``, ``labels``: the one post-processing rule (or the graph's NMS rows)."""
+        keep = self._class_filter(classes)
         if self.info.output == "detections":
-            return self._split_rows(outputs[0], len(images_uint8), limits, keep)
+            return self._split_rows(outputs[0], int(shape[0]), limits, keep)
         boxes, scores = outputs
         if keep is not None:  # another class's score is no candidate (scores > conf >= 0 are)
             scores = scores * keep.to(scores.dtype)
-        size = (int(images_uint8.shape[-2]), int(images_uint8.shape[-1]))
-        return postprocess_numpy(boxes, scores, size, **limits.kwargs())
+        return postprocess_numpy(boxes, scores, (int(shape[-2]), int(shape[-1])), **limits.kwargs())
 
     @staticmethod
     def _split_rows(rows: Tensor, count: int, limits: Thresholds, keep: Tensor | None) -> list[dict[str, Tensor]]:

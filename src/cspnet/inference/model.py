@@ -398,5 +398,5 @@ def _quantized(path: Path, target: Path, info: ModelInfo, data: str | os.PathLik
     from cspnet.detection.calibration import calibration_split
     from cspnet.detection.export import NETWORK_SCOPE
 
-    split = calibration_split(data, info.img_size, count, pad_value=info.pad_value)
+    split = calibration_split(data, info.img_size, count, pad_value=info.pad_value, held_out=False)
     return quantize_int8(path, target, info, split.description, images=split.images, quantize_scopes=(NETWORK_SCOPE,))
