@@ -231,6 +231,19 @@ def test_val_of_an_exported_file_gives_its_checkpoints_map(run, tmp_path, engine
     assert abs(got["map"] - want["map"]) <= 0.005 and abs(got["map50"] - want["map50"]) <= 0.005
 
 
+def test_evaluate_takes_a_pytorch_detector_or_a_loaded_model_alike(run):
+    from cspnet.evaluation import evaluate, evaluation_set
+    from cspnet.inference import load_model
+    from cspnet.trained import load_trained
+
+    trained = load_trained(run["ckpt"])
+    data = evaluation_set("detection", {}, 64, trained.class_names, str(run["coco"]))
+    plain = evaluate(trained.model, data, class_names=trained.class_names).metrics
+    loaded = evaluate(load_model(run["ckpt"]), data).metrics
+    assert plain["map"] is not None and abs(plain["map"] - loaded["map"]) < 1e-6
+    assert plain["per_class"] == loaded["per_class"]
+
+
 def test_val_classes_scores_those_classes_and_save_txt_writes_yolo_labels(run, tmp_path):
     result = _val(["--checkpoint", str(run["ckpt"]), "--data", str(run["coco"]), "--classes", "blue", "0",
                    "--save-txt"], tmp_path)  # fmt: skip
@@ -435,13 +448,29 @@ def test_val_with_int8_on_the_fly_shows_the_map_it_costs(run, tmp_path, capsys):
 
 
 # -- the README's three lines ------------------------------------------------------------------------------------
-def test_the_readmes_three_lines_run_on_every_engine(run):
+def readme_python(marker: str) -> str:
+    """The README's Python block that contains ``marker``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    return next(b for b in blocks if marker in b)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_readmes_three_lines_run_on_every_engine(run, tmp_path, engine, capsys):
     from cspnet.inference import load_model
 
-    for engine in ENGINES:
-        model = load_model(run["onnx"] if engine != "torch" else run["ckpt"], backend=engine)
-        for found in model.detect([run["images"] / "0.png", run["images"] / "1.png"], conf_threshold=0.01):
-            assert len(found.boxes) == len(found.scores) == len(found.class_ids) == len(found.class_names)
+    code = readme_python('load_model("det-int8.onnx"')
+    int8 = tmp_path / "det-int8.onnx"
+    assert main(["detect", "export", "--checkpoint", str(run["ckpt"]), "--output", str(int8), "--int8",
+                 "--calibration-data", str(run["images"]), "--calibration-images", "3"]) == 0  # fmt: skip
+    source = run["ckpt"] if engine == "torch" else int8  # torch runs the checkpoint (ONNX is for the engines)
+    code = (code.replace('"det-int8.onnx"', repr(str(source))).replace('"openvino"', repr(engine))
+            .replace('"photo.jpg"', repr(str(run["images"] / "0.png"))).replace('"street.png"', repr(str(run["images"] / "1.png"))))  # fmt: skip
+    capsys.readouterr()
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert str(run["images"] / "0.png") in printed and str(run["images"] / "1.png") in printed
+    assert load_model(source, engine).detect(run["images"] / "0.png")[0].source is not None
 
 
 # -- 6. cspnet benchmark and cspnet export take detectors -----------------------------------------------------

@@ -208,7 +208,7 @@ def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str] | Non
     from cspnet.inference.detection import DetectionModel
     from cspnet.training.detection_module import split_targets
 
-    runner = model if isinstance(model, DetectionModel) else DetectionModel.from_detector(model)
+    runner = model if isinstance(model, DetectionModel) else DetectionModel.from_detector(model, img_size=_side(dataset))
     names = list(class_names if class_names is not None else runner.info.class_names)
     limits = EVALUATE.replace(conf_threshold=conf, iou_threshold=iou, max_detections=max_detections)
     runner.thresholds(conf, iou, max_detections)  # a file with NMS inside says here if it cannot honour them
@@ -227,6 +227,12 @@ def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str] | Non
             seen += len(images) + dropped
     # COCO averages over the classes with true boxes: with `classes`, those classes only.
     return DetectionResult(coco_metrics(truth, found, names), len(truth), skipped, truth, found)
+
+
+def _side(dataset: Any) -> int:
+    """The input side of a detection data set's letterboxed images."""
+    size = getattr(dataset, "size", None)
+    return int(size) if isinstance(size, int) else int(dataset[0][0].shape[-1])
 
 
 def _only(truth: list[dict[str, Tensor]], classes: Sequence[int] | None) -> list[dict[str, Tensor]]:

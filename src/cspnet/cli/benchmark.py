@@ -151,7 +151,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="compute threads (default: torch's choice; one per physical core for the engines)")
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per measurement")
     p.add_argument("--weights", metavar="FILE", help="weights any create_model(pretrained=...) reads (darknet "
-                   ".weights, .pth, .safetensors), for every model: e.g. trained detectors, whose NMS times are real")
+                   ".weights, .pth, .safetensors), or a training checkpoint (run with its classes and input size): "
+                   "e.g. a trained detector, whose NMS takes the time a real one takes")
     p.add_argument("--images", metavar="FOLDER", help="detectors, end to end: the image files to decode and detect "
                    "in (default: synthetic 640x480 JPEGs)")
     p.add_argument("--output", metavar="FILE.md", help="also write the table (markdown) to this file")

@@ -320,13 +320,12 @@ def _precision_cost(args: argparse.Namespace, model: Any, dataset: Any, limits: 
     precision costs (``None`` for fp32, or a file that is int8 already)."""
     from cspnet.evaluation import evaluate_detector
 
-    if args.precision == "fp32" or (Path(args.checkpoint).suffix.lower() == ".onnx" and model.precision == "int8"
-                                    and args.precision == "int8" and not args.calibration_data):  # fmt: skip
+    if args.precision == "fp32":
         return None
     if Path(args.checkpoint).suffix.lower() == ".onnx":
         from cspnet.metadata import read_onnx_info
 
-        if read_onnx_info(args.checkpoint).precision == "int8":
+        if read_onnx_info(args.checkpoint).precision == "int8":  # an int8 file: no fp32 weights to compare with
             return None
     baseline = _load_detector(args, precision="fp32")
     fp32 = evaluate_detector(baseline, dataset, None, *limits, args.batch_size, args.workers, classes).metrics

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,7 @@ def quantize_int8(
     count: int = DEFAULT_CALIBRATION_IMAGES,
     images: Tensor | None = None,
     quantize_scopes: tuple[str, ...] | None = None,
+    float_nodes: Collection[str] = (),
 ) -> Path:
     """Write the int8 (QDQ, per-channel) version of ``fp32_path`` to ``int8_path``; metadata kept.
 
@@ -97,7 +98,8 @@ def quantize_int8(
     already sized as the model takes them (a detector's letterboxed ones), instead of ``count`` drawn
     from ``calibration_data`` (then only named in the log). ``quantize_scopes``: when given, only
     nodes whose names start with one of these prefixes are quantised (a detector's network, not the
-    box decoding and NMS after it, whose pixel coordinates an 8-bit step would move).
+    box decoding and NMS after it, whose pixel coordinates an 8-bit step would move); ``float_nodes``:
+    nodes (by name) that stay float besides (a detector's prediction convs).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -122,7 +124,8 @@ def quantize_int8(
         # float: its per-channel affine has no int8 kernel and the quantiser cannot give it one.
         nodes = onnx.load(str(prepared)).graph.node
         op_types = sorted({node.op_type for node in nodes} - FLOAT_OPS)
-        excluded = [] if quantize_scopes is None else [n.name for n in nodes if not n.name.startswith(quantize_scopes)]
+        excluded = [n.name for n in nodes if n.name in float_nodes
+                    or (quantize_scopes is not None and not n.name.startswith(quantize_scopes))]  # fmt: skip
         quantize_static(
             str(prepared), str(int8_path), _calibration_reader(input_name, batches),
             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,

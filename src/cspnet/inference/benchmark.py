@@ -76,7 +76,7 @@ class BenchSpec:
     calibration_images: int = 32
     source: str | None = None  # inference: a file written by `cspnet export` to run instead of building `model`
     images: str | None = None  # detectors, end to end: a folder of images (default: synthetic 640x480 JPEGs)
-    weights: str | None = None  # inference through load_model: any file create_model(pretrained=...) reads
+    weights: str | None = None  # any file create_model(pretrained=...) reads; a training checkpoint is run as it is
 
 
 # --- peak memory -----------------------------------------------------------------------------------
@@ -170,12 +170,16 @@ def _measure_loaded(spec: BenchSpec, img: int, memory: PeakMemory) -> dict[str, 
     import torch
 
     from cspnet.inference.model import load_model
+    from cspnet.trained import is_training_checkpoint
 
-    built = {} if spec.source else {"img_size": img, "overrides": spec.overrides, "weights": spec.weights}
+    source = spec.source or (spec.weights if spec.weights and is_training_checkpoint(spec.weights) else None)
+    # A file or checkpoint brings its own size (unless one is asked for); a registered name is built here.
+    built: dict[str, Any] = {"img_size": spec.img_size} if source else {
+        "img_size": img, "overrides": spec.overrides, "weights": spec.weights}  # fmt: skip
     loaded = load_model(
-        spec.source or spec.model, spec.backend, precision=spec.precision, batch_size=spec.batch_size,
+        source or spec.model, spec.backend, precision=spec.precision, batch_size=spec.batch_size,
         threads=spec.threads, calibration_data=spec.calibration_data, calibration_images=spec.calibration_images,
-        **built,  # type: ignore[arg-type]
+        **built,
     )  # fmt: skip
     x = torch.randn(spec.batch_size, *loaded.info.input_shape)
     if spec.backend == "torch":  # the layout the folded model's weights have: no conversion per batch

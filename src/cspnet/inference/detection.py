@@ -131,12 +131,14 @@ class DetectionModel(InferenceModel):
     batch_size: int = 1  # images per engine run in detect(): load_model's batch_size
 
     @classmethod
-    def from_detector(cls, detector: Any, info: ModelInfo | None = None, threads: int | None = None) -> DetectionModel:
-        """A PyTorch detector (pixels in [0, 1] unless ``info`` says otherwise) on the torch engine."""
+    def from_detector(cls, detector: Any, info: ModelInfo | None = None, threads: int | None = None,
+                      img_size: int | None = None) -> DetectionModel:  # fmt: skip
+        """A PyTorch detector on the torch engine; without ``info``, one of pixels in [0, 1] at ``img_size``
+        (default: its registered input side) with class indices as names."""
         if info is None:
             from cspnet.detection.export import detector_info
 
-            info = detector_info(detector, _input_side(detector))
+            info = detector_info(detector, img_size or _input_side(detector))
         return cls(torch_detector_engine(detector, threads=threads), info)
 
     # -- thresholds ------------------------------------------------------------------------------

@@ -135,8 +135,8 @@ def _torch_source(
         if path.suffix.lower() not in (".safetensors", ".weights"):
             load_torch_file(path, "checkpoint")  # empty, truncated, refused: says which, in one line
         raise ValueError(
-            f"{path} is not a `cspnet train` or `cspnet detect train` checkpoint, an .onnx file or a TorchScript "
-            "archive (for other weight files pass the model name and weights=FILE)"
+            f"{path} is not a `cspnet train` checkpoint, an .onnx file or a TorchScript archive (nor a `cspnet detect "
+            "train` checkpoint; for other weight files pass the model name and weights=FILE)"
         )
     trained = load_trained(path, expected_model=expected_model, ema=ema, task=task)  # a missing file: CheckpointError
     if num_classes is not None and num_classes != len(trained.class_names):
@@ -396,7 +396,7 @@ def _quantized(path: Path, target: Path, info: ModelInfo, data: str | os.PathLik
     if info.task != "detection":
         return quantize_int8(path, target, info, data, count=count)
     from cspnet.detection.calibration import calibration_split
-    from cspnet.detection.export import NETWORK_SCOPE
+    from cspnet.detection.export import quantize_detector
 
     split = calibration_split(data, info.img_size, count, pad_value=info.pad_value, held_out=False)
-    return quantize_int8(path, target, info, split.description, images=split.images, quantize_scopes=(NETWORK_SCOPE,))
+    return quantize_detector(path, target, info, split.images, split.description)
