@@ -447,6 +447,21 @@ def test_val_with_int8_on_the_fly_shows_the_map_it_costs(run, tmp_path, capsys):
     assert "int8 costs" in capsys.readouterr().out
 
 
+def test_bf16_export_is_checked_on_openvino_and_runs_fp32_elsewhere(run, tmp_path, capsys):
+    from cspnet.inference import load_model
+
+    out = tmp_path / "det-bf16.onnx"
+    assert main(["detect", "export", "--checkpoint", str(run["ckpt"]), "--output", str(out), "--precision", "bf16",
+                 "--backend", "openvino"]) == 0  # fmt: skip
+    assert "runs on openvino bf16" in capsys.readouterr().out
+    assert load_model(out, "openvino").precision == "bf16"
+    assert load_model(out, "onnxruntime").precision == "fp32"
+    assert load_model(out, "openvino", precision="fp32").precision == "fp32"
+    assert main(["detect", "export", "--checkpoint", str(run["ckpt"]), "--output", str(out), "--precision",
+                 "bf16"]) == 2  # fmt: skip
+    assert "--precision bf16 is for OpenVINO" in capsys.readouterr().err
+
+
 # -- the README's three lines ------------------------------------------------------------------------------------
 def readme_python(marker: str) -> str:
     """The README's Python block that contains ``marker``."""

@@ -221,7 +221,8 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
     difference accepted) leaves ``path`` as it was.
 
     ``info`` (default :func:`detector_info` with class indices) is the file's metadata, with this
-    export's input side, outputs and thresholds; it is read back and checked against the graph.
+    export's input side, outputs and thresholds (its precision ``"bf16"`` is kept: a file OpenVINO runs in
+    bfloat16 by default); it is read back and checked against the graph.
     ``int8_images``: decoded, letterboxed ``uint8 (N, 3, S, S)`` images to calibrate a static int8
     quantisation of the network on (per-channel weights, QDQ; decoding and NMS stay float;
     ``calibration`` names them); its raw maps are then compared with PyTorch's for the record, not
@@ -243,9 +244,10 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
     module = ExportableDetector(detector, nms, conf_threshold, iou_threshold, max_detections, max_candidates).eval()
     names = ("detections",) if nms else ("boxes", "scores")
     file_info = (info or detector_info(detector, img_size)).with_(
-        img_size=img_size, output="detections" if nms else "boxes_scores", thresholds=module.limits, precision="fp32")
-    if int8_images is not None:
-        file_info = file_info.with_(precision="int8")
+        img_size=img_size, output="detections" if nms else "boxes_scores", thresholds=module.limits)
+    # fp32 weights; "bf16" (a file OpenVINO runs in bfloat16 by default) is kept; int8 when quantised.
+    precision = "int8" if int8_images is not None else file_info.precision if file_info.precision == "bf16" else "fp32"
+    file_info = file_info.with_(precision=precision)
 
     def write(tmp: Path) -> None:
         example = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
@@ -256,7 +258,7 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
                 warnings.simplefilter("ignore")  # tracer notices about the fixed input size
                 torch.onnx.export(module, (example,), str(fp32), input_names=["images"], output_names=list(names),
                                   dynamic_axes=dynamic, opset_version=opset, dynamo=False)  # fmt: skip
-            _write_metadata(fp32, file_info.with_(precision="fp32"))
+            _write_metadata(fp32, file_info if int8_images is None else file_info.with_(precision="fp32"))
             if int8_images is not None:
                 quantize_detector(fp32, tmp, file_info.with_(precision="fp32"), int8_images, calibration or "images")
 

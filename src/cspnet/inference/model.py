@@ -368,6 +368,8 @@ def _onnx_model(
 ) -> InferenceModel:  # fmt: skip
     """An ONNX file on onnxruntime or OpenVINO; quantised to int8 first when asked for."""
     want = precision or info.precision
+    if precision is None and info.precision == "bf16" and "bf16" not in BACKEND_PRECISIONS[backend]:
+        want = "fp32"  # a file exported for bf16 (OpenVINO) holds fp32 weights: other engines run them as they are
     _check_precision(backend, want)
     folder = None
     if want == "int8" and info.precision != "int8":
@@ -376,15 +378,14 @@ def _onnx_model(
         folder = tempfile.TemporaryDirectory(prefix="cspnet-int8-")
         path = _quantized(path, Path(folder.name) / "int8.onnx", info, calibration_data, calibration_images)
         info = info.with_(precision="int8")
-    elif want != info.precision and not (want == "bf16" and info.precision == "fp32"):
+    elif want != info.precision and {want, info.precision} != {"fp32", "bf16"}:  # bf16 is a compute choice
         raise ValueError(f"{path} holds a {info.precision} model; it cannot run as {want}")
     engine: Engine
     if backend == "onnxruntime":
         engine = OnnxRuntimeEngine(path, threads=threads)
     else:
         engine = OpenVinoEngine(path, batch_size=batch_size, threads=threads, precision=want)
-        info = info.with_(precision=want)
-    return _model_for(engine, info, [folder] if folder else None, batch_size)
+    return _model_for(engine, info.with_(precision=want), [folder] if folder else None, batch_size)
 
 
 def _quantized(path: Path, target: Path, info: ModelInfo, data: str | os.PathLike[str], count: int | None) -> Path:
