@@ -504,3 +504,100 @@ def test_benchmark_measures_a_detector_alone_and_end_to_end_per_stage(run, tmp_p
     header, _, row = out.read_text().splitlines()[:3]
     assert "e2e img/s" in header and "decode, letterbox, model, NMS" in header and row.count("|") == header.count("|")
     assert "detectors: optimized inference through load_model only" in capsys.readouterr().err  # train mode skipped
+
+
+# -- bad input, in general: one line, never a traceback ----------------------------------------------------------
+DETECTOR_FIELDS = ("strides", "anchors", "pad_value", "thresholds", "category_ids", "output", "resize", "task",
+                   "img_size", "class_names")  # fmt: skip
+
+
+def _detector_metadata() -> dict[str, str]:
+    import cspnet
+    from cspnet.detection.export import detector_info
+
+    model = cspnet.create_model("cspdensenet_bc40_efm", num_classes=3)
+    return detector_info(model, 64, ["a", "b", "c"], category_ids=[1, 5, 9]).to_metadata()
+
+
+def test_a_corrupted_detector_field_is_a_one_line_error_or_a_valid_contract():
+    """Every detector field, given values a corrupted or hand-edited file holds (hypothesis draws them)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from cspnet.metadata import ModelInfo
+
+    metadata = _detector_metadata()
+    values = st.sampled_from(["", "[]", "{}", "null", "nan", "-1", "0", "300", "[0, 8]", "[[1, 2]]", "[[1, 2], [3]]",
+                              '[[1, "a"]]', "[[0, 1]]", '{"conf_threshold": 0.1}', "[1, 1, 2]", "[1, 2]",
+                              "[-1, 2, 3]", "detections", "logits", "letterbox", "classification", "63", "[true]",
+                              "1e999", "[" * 500]) | st.text(max_size=30)  # fmt: skip
+
+    @settings(max_examples=300, deadline=None)
+    @given(field=st.sampled_from(DETECTOR_FIELDS), value=values | st.none())
+    def check(field: str, value: str | None) -> None:
+        edited = {**metadata, field: value}
+        if value is None:
+            del edited[field]
+        try:
+            info = ModelInfo.from_metadata(edited, source="d.onnx")
+        except ValueError as exc:
+            assert str(exc).startswith("d.onnx has ") and "\n" not in str(exc) and len(str(exc)) < 500, exc
+            return
+        if info.task == "detection":  # accepted: every field usable as it is
+            assert 0 <= info.pad_value <= 255 and info.thresholds is not None and info.resize == "letterbox"
+            assert info.strides is None or info.img_size % max(info.strides) == 0
+            assert info.category_ids is None or len(set(info.category_ids)) == len(info.class_names)
+
+    check()
+
+
+BAD_COMMANDS = {
+    "classes unknown": (["detect", "predict", "{image}", "--checkpoint", "{ckpt}", "--classes", "purple"],
+                        "--classes 'purple' is neither a class name"),
+    "names missing": (["detect", "val", "--model", "csppeleenet_fpn", "--checkpoint", "{weights}", "--names",
+                       "{tmp}/none.names"], "not 'coco' and not a file of class names"),
+    "names with a checkpoint": (["detect", "val", "--checkpoint", "{ckpt}", "--names", "coco"],
+                                "--names is for --model with a weights file"),
+    "weights without model": (["detect", "predict", "{image}", "--checkpoint", "{weights}"], "name its detector"),
+    "model not a detector": (["detect", "val", "--model", "cspdarknet53", "--checkpoint", "{weights}"],
+                             "is not a detector"),
+    "int8 without data": (["detect", "val", "--checkpoint", "{ckpt}", "--backend", "onnxruntime", "--precision",
+                           "int8"], "needs --calibration-data"),
+    "img-size of a file": (["detect", "predict", "{image}", "--checkpoint", "{onnx}", "--backend", "onnxruntime",
+                            "--img-size", "128"], "takes 64x64 images"),
+    "img-size off stride": (["detect", "predict", "{image}", "--checkpoint", "{ckpt}", "--img-size", "70"],
+                            "a multiple of its stride"),
+    "onnx on torch": (["detect", "predict", "{image}", "--checkpoint", "{onnx}"], "run it with backend"),
+    "nms file for val": (["detect", "val", "--checkpoint", "{nms}", "--backend", "onnxruntime", "--data", "{coco}"],
+                         "export it without NMS"),
+    "data of other categories": (["detect", "predict", "{image}", "--checkpoint", "{ckpt}", "--data", "{other}"],
+                                 "are not the model's classes"),
+    "calibration data missing": (["detect", "export", "--checkpoint", "{ckpt}", "--output", "{tmp}/x.onnx", "--int8",
+                                  "--calibration-data", "{tmp}/nowhere"], "--calibration-data not found"),
+    "classifier file": (["detect", "predict", "{image}", "--checkpoint", "{classifier}", "--backend", "onnxruntime"],
+                        "holds a classification model"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COMMANDS))
+def test_bad_input_to_the_detector_commands_is_one_line(run, tmp_path, capsys, case):
+    argv, message = BAD_COMMANDS[case]
+    weights = tmp_path / "w.weights"
+    weights.write_bytes(b"\0" * 64)
+    other = json.loads(run["coco"].read_text())
+    other["categories"] = [{"id": c["id"], "name": c["name"] + "x"} for c in other["categories"]]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    classifier = tmp_path / "classifier.onnx"
+    if case == "classifier file":
+        import cspnet
+        from cspnet.export import export_model
+
+        export_model(cspnet.create_model("cspdensenet_bc40", num_classes=3), "onnx", classifier, 32)
+    names = {"image": run["images"] / "0.png", "ckpt": run["ckpt"], "onnx": run["onnx"], "nms": run["nms"],
+             "coco": run["coco"], "weights": weights, "tmp": tmp_path, "other": tmp_path / "other.json",
+             "classifier": classifier}  # fmt: skip
+    filled = [a.format(**{k: str(v) for k, v in names.items()}) for a in argv]
+    assert main([*filled, *([] if "--output" in filled else ["--output", str(tmp_path / "out")])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert "internal error" not in err
