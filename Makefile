@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint resume-check clean-venv
+.PHONY: demo test test-fast lint resume-check clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/cspnet demo
 
+# Every test, the ones marked slow included (what CI runs: .ci/run).
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# The fast set, what `pytest` alone runs: every test not marked slow.
+test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # ruff on src/ and tests/, mypy on src/ (settings: [tool.mypy] in pyproject.toml); CI fails on either.
@@ -27,7 +32,7 @@ lint: $(STAMP)
 
 # Every kill point of tests/test_resume.py (CI runs a sample of the slower schedule); about 2 minutes.
 resume-check: $(STAMP)
-	CSPNET_RESUME_CASES=all $(BIN)/python -m pytest -q tests/test_resume.py
+	CSPNET_RESUME_CASES=all $(BIN)/python -m pytest -q -m "slow or not slow" tests/test_resume.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,8 @@
-"""The uniform model API, checked on every registered model."""
+"""The uniform model API, checked on every registered model.
+
+Each test runs twice per model (``model_cases``): with every stage cut to at most two blocks, in the
+fast default run, and at the registered size, marked ``slow`` (``make test`` and CI run both).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ import torch.fx
 
 import cspnet
 from cspnet.models.backbone import count_params
+from model_cases import model_cases
 
 MODELS = cspnet.list_models(task="classification")
+CASES = model_cases(MODELS)  # reduced by default, the registered sizes marked slow
 
 
 def small_input(name: str, batch: int = 2) -> torch.Tensor:
@@ -18,9 +24,9 @@ def small_input(name: str, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_forward_backward_reaches_every_parameter(name: str) -> None:
-    model = cspnet.create_model(name, num_classes=7)
+@pytest.mark.parametrize(("name", "overrides"), CASES)
+def test_forward_backward_reaches_every_parameter(name: str, overrides: dict) -> None:
+    model = cspnet.create_model(name, num_classes=7, **overrides)
     x = small_input(name)
     out = model(x)
     assert out.shape == (2, 7)
@@ -32,9 +38,9 @@ def test_forward_backward_reaches_every_parameter(name: str) -> None:
     assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_features_agree_with_feature_info(name: str) -> None:
-    model = cspnet.create_model(name, features_only=True).eval()
+@pytest.mark.parametrize(("name", "overrides"), CASES)
+def test_features_agree_with_feature_info(name: str, overrides: dict) -> None:
+    model = cspnet.create_model(name, features_only=True, **overrides).eval()
     x = small_input(name, batch=1)
     with torch.no_grad():
         maps = model(x)
@@ -44,18 +50,18 @@ def test_features_agree_with_feature_info(name: str) -> None:
         assert fmap.shape[1] == level["num_chs"], level
         assert x.shape[-1] // fmap.shape[-1] == level["reduction"], level
     # out_indices selects levels, negative indices count from the deepest.
-    last_two = cspnet.create_model(name, features_only=True, out_indices=(-2, -1)).eval()
+    last_two = cspnet.create_model(name, features_only=True, out_indices=(-2, -1), **overrides).eval()
     with torch.no_grad():
         tail = last_two(x)
     assert [t.shape for t in tail] == [m.shape for m in maps[-2:]]
     assert last_two.feature_info.channels() == info.channels()[-2:]
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_grad_checkpointing_gives_same_outputs_and_gradients(name: str) -> None:
+@pytest.mark.parametrize(("name", "overrides"), CASES)
+def test_grad_checkpointing_gives_same_outputs_and_gradients(name: str, overrides: dict) -> None:
     torch.manual_seed(0)
-    model = cspnet.create_model(name, num_classes=5)
-    checkpointed = cspnet.create_model(name, num_classes=5)
+    model = cspnet.create_model(name, num_classes=5, **overrides)
+    checkpointed = cspnet.create_model(name, num_classes=5, **overrides)
     checkpointed.load_state_dict(model.state_dict())
     checkpointed.set_grad_checkpointing(True)
     x = small_input(name)
@@ -73,9 +79,9 @@ def test_grad_checkpointing_gives_same_outputs_and_gradients(name: str) -> None:
         torch.testing.assert_close(b, buffers[n], msg=n)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_scripting_and_fx_tracing_match_eager(name: str) -> None:
-    model = cspnet.create_model(name, num_classes=3).eval()
+@pytest.mark.parametrize(("name", "overrides"), CASES)
+def test_scripting_and_fx_tracing_match_eager(name: str, overrides: dict) -> None:
+    model = cspnet.create_model(name, num_classes=3, **overrides).eval()
     x = small_input(name, batch=1)
     with torch.no_grad():
         eager = model(x)
@@ -83,9 +89,9 @@ def test_scripting_and_fx_tracing_match_eager(name: str) -> None:
         torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), eager)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_channels_last_in_chans_and_drop_path(name: str) -> None:
-    model = cspnet.create_model(name, in_chans=1, num_classes=4, drop_path_rate=0.2).eval()
+@pytest.mark.parametrize(("name", "overrides"), CASES)
+def test_channels_last_in_chans_and_drop_path(name: str, overrides: dict) -> None:
+    model = cspnet.create_model(name, in_chans=1, num_classes=4, drop_path_rate=0.2, **overrides).eval()
     x = small_input(name)[:, :1]
     with torch.no_grad():
         eager = model(x)
@@ -97,9 +103,9 @@ def test_channels_last_in_chans_and_drop_path(name: str) -> None:
     assert model(x).shape == (2, 4)  # drop path active in training
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_reset_classifier_and_headless(name: str) -> None:
-    model = cspnet.create_model(name, num_classes=0).eval()
+@pytest.mark.parametrize(("name", "overrides"), CASES)
+def test_reset_classifier_and_headless(name: str, overrides: dict) -> None:
+    model = cspnet.create_model(name, num_classes=0, **overrides).eval()
     x = small_input(name, batch=1)
     with torch.no_grad():
         assert model(x).shape == (1, model.num_features)

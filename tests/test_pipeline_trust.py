@@ -75,7 +75,7 @@ def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
 def test_sigterm_exits_143_with_the_resume_command_and_the_run_resumes_exactly(task, shapes, tmp_path):
-    base = [*command(task, shapes), "--epochs", "2", "--checkpoint-every", "1"]
+    base = [*command(task, shapes), "--epochs", "4", "--checkpoint-every", "1"]
     reference = tmp_path / "reference"
     assert subprocess.run(cli([*base, "--output", str(reference)]), capture_output=True, timeout=900).returncode == 0
     out = tmp_path / "run"

@@ -165,6 +165,7 @@ def test_cli_errors_are_one_line(capsys, argv, message):
     assert len(lines) == 1 and lines[0].startswith("cspnet profile: error:") and message in lines[0]
 
 
+@pytest.mark.slow  # every registered model at its full input size
 def test_every_registered_model_profiles_at_its_input_size():
     for name in cspnet.list_models(task="classification"):
         p = profile(name)
@@ -178,6 +179,7 @@ def test_profile_runs_without_touching_real_memory():
     assert torch.empty(0).device.type == "cpu"
 
 
+@pytest.mark.slow  # every model of the report, profiled
 def test_reproduce_quick_writes_the_report_and_plots(tmp_path, capsys):
     report = tmp_path / "docs" / "reproduction.md"
     assert main(["reproduce", "--quick", "--output", str(report)]) == 0

@@ -4,8 +4,9 @@ The kill points of a small run (2 epochs of 6 steps): after each optimizer step,
 each validation (training of the epoch done, validation not) and after each epoch-end checkpoint;
 with a checkpoint after every step, and every 5 steps (a kill then loses the steps since the last
 checkpoint, which the resumed run redoes). CI runs every point of the first and a random sample of
-the second (the ids name the points, so a failure says where); ``CSPNET_RESUME_CASES=all``
-(``make resume-check``) runs all of them.
+the second; the fast default run, a random few of those (the rest are marked slow). The samples are
+drawn from the session seed (``CSPNET_TEST_SEED``, printed by pytest: a failure repeats with it; the
+ids name the points). ``CSPNET_RESUME_CASES=all`` (``make resume-check``) runs all of them.
 For each, the resumed run must end with the reference's step count, weights, EMA, metrics and
 ``history.csv`` (all but the wall-clock column). A real ``kill -9`` of the CLI is tested too.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from cspnet.training import TrainConfig, fit
+from seeding import rng
 
 RUN = {"model": "cspdensenet_bc100", "model_overrides": {"block_config": (1, 1, 1), "growth_rate": 6},
        "img_size": 8, "epochs": 2, "batch_size": 256, "checkpoint_every": 1}  # fmt: skip
@@ -36,15 +37,18 @@ KILL_POINTS = (
     + [("validation_start", e) for e in (1, 2)]
     + [("validation_end", e) for e in (1, 2)]
 )
-SAMPLE = 3
+SAMPLE = 3  # of the checkpoint-every-5 points, in CI
+FAST = 3  # of the cases CI runs, in the fast default run
 
 
-def _cases() -> list[tuple[int, str, int]]:
+def _cases() -> list:
     every_step = [(1, where, when) for where, when in KILL_POINTS]
     every_five = [(5, where, when) for where, when in KILL_POINTS]
     if os.environ.get("CSPNET_RESUME_CASES") == "all":
         return every_step + every_five
-    return every_step + random.Random().sample(every_five, SAMPLE)  # a fresh sample every run
+    cases = every_step + rng("test_resume kill points").sample(every_five, SAMPLE)
+    fast = rng("test_resume fast kill points").sample(cases, FAST)
+    return [pytest.param(*c, marks=() if c in fast else pytest.mark.slow) for c in cases]
 
 
 class Crash(RuntimeError):
@@ -137,6 +141,7 @@ def test_resuming_a_finished_run_reports_its_metrics(reference, tmp_path):
     assert result.metrics["top1"] == json.loads((reference / "metrics.json").read_text())["top1"]
 
 
+@pytest.mark.slow  # two CLI processes
 def test_kill_9_of_the_cli_then_resume(reference, tmp_path):
     """The user's way: ``kill -9`` as soon as the first mid-epoch checkpoint appears, then --resume."""
     out = tmp_path / "cli"

@@ -194,12 +194,16 @@ def test_drop_path_rate_rises_over_the_blocks() -> None:
 def test_config_overrides_and_validation() -> None:
     cfg = StageNetConfig(depths=(1, 1), out_chs=(32, 64), strides=(1, 2), expand_ratio=2.0)
     assert cfg.expand_ratio == (2.0, 2.0) and cfg.split_linear == (True, True)
-    # gamma 0.25 leaves the block path wider than the blocks: only darknet's shortcut can join them.
-    with pytest.raises(ValueError, match="stage 0: its first block maps 192 to 128 channels"):
-        cspnet.create_model("cspresnext50", partial_ratio=0.25)
-    model = cspnet.create_model("cspresnext50", partial_ratio=0.25, shortcut="darknet", num_classes=3)
+    # gamma 0.25: the blocks take the block path's width (block_ratio=None)...
+    model = cspnet.create_model("cspresnext50", partial_ratio=0.25, num_classes=3)
     assert [s.bypass_chs for s in model.stages] == [64, 128, 256, 512]
+    assert [s.blocks[0].conv1.conv.in_channels for s in model.stages] == [192, 384, 768, 1536]
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    # ...unless block_ratio pins them: then only darknet's shortcut can join the two widths.
+    with pytest.raises(ValueError, match="stage 0: its first block maps 192 to 128 channels"):
+        cspnet.create_model("cspresnext50", partial_ratio=0.25, block_ratio=0.5)
+    model = cspnet.create_model("cspresnext50", partial_ratio=0.25, block_ratio=0.5, shortcut="darknet")
+    assert [s.blocks[0].conv1.conv.out_channels for s in model.stages] == [128, 256, 512, 1024]
     with pytest.raises(ValueError, match="expected 3 values, one per stage"):
         cspnet.create_model("cspresnet50", depths=(1, 1, 1))
     with pytest.raises(ValueError, match="partial_ratio=.*out of range"):

@@ -49,6 +49,7 @@ def test_tiny_run_learns_and_writes_its_outputs(tmp_path):
     assert not list(out.glob(".*.tmp*"))  # atomic writes leave no temporaries
 
 
+@pytest.mark.slow  # two training runs
 def test_resume_after_a_mid_epoch_crash_matches_an_uninterrupted_run(tmp_path):
     # 22 steps per epoch; checkpoints every 4 steps; the crash at step 31 (epoch 2, batch 9) loses
     # steps 29-31, which the resumed run must redo with the same data and the same random draws.
@@ -76,6 +77,7 @@ def test_resume_needs_a_checkpoint_and_a_fresh_run_an_empty_folder(tmp_path):
         fit(tiny_config(tmp_path / "none", resume=True), verbose=False)
 
 
+@pytest.mark.slow  # two processes
 def test_two_process_ddp_on_cpu(tmp_path):
     """``--devices 2`` launches a second process (gloo) and reaches the single-process accuracy range."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

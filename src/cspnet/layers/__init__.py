@@ -13,11 +13,20 @@ from cspnet.layers.cross_stage import (
 )
 from cspnet.layers.dense import DenseBlock, DenseLayer
 from cspnet.layers.drop import DropPath, drop_path_rates
+from cspnet.layers.elastic import (
+    ELASTIC_POOLS,
+    ELASTIC_UPSAMPLES,
+    ElasticBlock,
+    ElasticDenseLayer,
+    HalfResolution,
+)
 from cspnet.layers.norm import BatchNormAct2d, ConvNormAct, NormActConv
 from cspnet.layers.residual import SHORTCUTS, BottleneckBlock, DarkBlock, darknet_shortcut
 
 __all__ = [
     "ACTIVATION_NAMES",
+    "ELASTIC_POOLS",
+    "ELASTIC_UPSAMPLES",
     "FUSIONS",
     "SHORTCUTS",
     "TRANSITION_POOLS",
@@ -29,7 +38,10 @@ __all__ = [
     "DarkBlock",
     "DenseLayer",
     "DropPath",
+    "ElasticBlock",
+    "ElasticDenseLayer",
     "Fusion",
+    "HalfResolution",
     "NormActConv",
     "StagePlan",
     "darknet_shortcut",

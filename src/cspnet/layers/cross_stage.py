@@ -58,20 +58,26 @@ TRANSITION_POOLS: tuple[str, ...] = ("after", "before")
 order) or ``"before"`` U (between the concatenation and U, so U runs on the pooled map)."""
 
 
-def split_channels(chs: int, partial_ratio: float) -> tuple[int, int]:
+def split_channels(chs: int, partial_ratio: float, multiple: int = 1) -> tuple[int, int]:
     """Split ``chs`` into (bypass, block path) channels; ``partial_ratio`` is the paper's gamma.
 
     gamma is the fraction that *bypasses* the blocks: the paper's ablation (larger gamma saves more
-    computation) only makes sense that way.
+    computation) only makes sense that way. With ``multiple`` > 1 (the group count of grouped convs
+    that read either part) the bypass is the nearest multiple of it, and so is the block path when
+    ``chs`` is one.
 
     >>> split_channels(64, 0.5)
     (32, 32)
     >>> split_channels(64, 0.25)
     (16, 48)
+    >>> split_channels(192, 0.25, multiple=32), split_channels(192, 0.75, multiple=32)
+    ((64, 128), (128, 64))
     """
-    bypass = int(round(chs * partial_ratio))
+    bypass = multiple * int(round(chs * partial_ratio / multiple))
     if partial_ratio > 0 and bypass == 0:
-        bypass = 1
+        bypass = min(multiple, chs)
+    if bypass >= chs and multiple > 1 and chs > multiple and partial_ratio < 1:
+        bypass = chs - multiple  # a group's worth is left for the blocks
     if bypass >= chs:
         raise ValueError(f"partial_ratio={partial_ratio} leaves no channels for the blocks of a {chs}-channel stage")
     return bypass, chs - bypass
@@ -119,6 +125,7 @@ def plan_stage(
     transition_b_ratio: float | None = None,
     partial_transition: bool = True,
     plain_transition: bool = True,
+    multiple: int = 1,
     stage: int | None = None,
 ) -> StagePlan:
     """The widths of one stage: the CSP split, T, U and the output (every family asks this).
@@ -141,6 +148,8 @@ def plan_stage(
         plain_transition: whether the baseline stage ends in its transition (U to ``out_chs``:
             DenseNet, PeleeNet). ``False``: the baseline stage is its blocks alone (Darknet, ResNet;
             output ``B``) and ``out_chs`` is only the width U gives the CSP twin.
+        multiple: the bypass and block path widths are multiples of this (see :func:`split_channels`):
+            the group count of the grouped convs that read them.
         stage: the stage's index, named in errors.
 
     The rules, with ``B`` = the blocks' output width::
@@ -166,7 +175,7 @@ def plan_stage(
     if fusion not in _PARTIAL_TRANSITIONS:
         raise ValueError(f"fusion={fusion!r} is invalid: expected one of {', '.join(map(repr, FUSIONS))}")
     split_chs = exp_chs if exp_chs is not None and partial_ratio > 0 else None  # a plain stage splits nothing
-    bypass, block_in = split_channels(in_chs if split_chs is None else split_chs, partial_ratio)
+    bypass, block_in = split_channels(in_chs if split_chs is None else split_chs, partial_ratio, multiple)
     block_out = block_out_chs if isinstance(block_out_chs, int) else block_out_chs(block_in)
     width = bypass + block_out if out_chs is None else out_chs  # W: what the baseline stage puts out
     if bypass == 0:  # the baseline's own stage: its transition, if it has one, is U

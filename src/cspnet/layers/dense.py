@@ -7,6 +7,7 @@ maps; the block returns their concatenation); what one layer computes is pluggab
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -15,6 +16,20 @@ from torch import Tensor, nn
 from cspnet.layers.checkpoint import checkpoint_once
 from cspnet.layers.drop import DropPath
 from cspnet.layers.norm import BatchNormAct2d
+
+
+def dense_bottleneck(in_chs: int, mid_chs: int, growth_rate: int, act: str = "relu") -> OrderedDict[str, nn.Module]:
+    """A dense layer after its first BN-act: conv1x1 to ``mid_chs``, BN-act, conv3x3 to ``growth_rate``
+    (torchvision's ``conv1``, ``norm2``, ``conv2``).
+
+    >>> list(dense_bottleneck(64, 128, 32))
+    ['conv1', 'norm2', 'conv2']
+    """
+    return OrderedDict(
+        conv1=nn.Conv2d(in_chs, mid_chs, 1, bias=False),
+        norm2=BatchNormAct2d(mid_chs, act=act),
+        conv2=nn.Conv2d(mid_chs, growth_rate, 3, padding=1, bias=False),
+    )
 
 
 class DenseLayer(nn.Module):
@@ -35,11 +50,8 @@ class DenseLayer(nn.Module):
         memory_efficient: bool = False,
     ) -> None:
         super().__init__()
-        mid_chs = bn_size * growth_rate
         self.norm1 = BatchNormAct2d(in_chs, act=act)
-        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False)
-        self.norm2 = BatchNormAct2d(mid_chs, act=act)
-        self.conv2 = nn.Conv2d(mid_chs, growth_rate, 3, padding=1, bias=False)
+        self.conv1, self.norm2, self.conv2 = dense_bottleneck(in_chs, bn_size * growth_rate, growth_rate, act).values()
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.memory_efficient = memory_efficient
 

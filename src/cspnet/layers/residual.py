@@ -42,18 +42,50 @@ def darknet_shortcut(out: Tensor, x: Tensor, chs: int, stride: int) -> Tensor:
     return torch.cat([out[:, :chs] + x[:, :chs], out[:, chs:]], dim=1)
 
 
+def bottleneck_convs(
+    in_chs: int, out_chs: int, mid_chs: int, stride: int = 1, groups: int = 1, act: str = "relu"
+) -> tuple[ConvNormAct, ...]:
+    """ResNe(X)t's residual branch: 1x1 to ``mid_chs`` -> 3x3 (groups, stride) -> 1x1 *linear* to ``out_chs``.
+
+    >>> [c.conv.out_channels for c in bottleneck_convs(64, 128, 32)]
+    [32, 32, 128]
+    """
+    return (
+        ConvNormAct(in_chs, mid_chs, 1, act=act),
+        ConvNormAct(mid_chs, mid_chs, 3, stride=stride, groups=groups, act=act),
+        ConvNormAct(mid_chs, out_chs, 1, act="linear"),
+    )
+
+
+def dark_convs(
+    in_chs: int, out_chs: int, mid_chs: int, stride: int = 1, groups: int = 1, act: str = "relu"
+) -> tuple[ConvNormAct, ...]:
+    """Darknet's residual branch: 1x1 to ``mid_chs`` -> 3x3 (groups, stride) to ``out_chs``.
+
+    >>> [c.conv.out_channels for c in dark_convs(64, 64, 32)]
+    [32, 64]
+    """
+    return (
+        ConvNormAct(in_chs, mid_chs, 1, act=act),
+        ConvNormAct(mid_chs, out_chs, 3, stride=stride, groups=groups, act=act),
+    )
+
+
 class _ResidualBlock(nn.Module):
-    """What both blocks share: the arguments, the 1x1 that opens the branch (``conv1``, to
-    ``round(out_chs * bottle_ratio)`` channels), the shortcut rule and stochastic depth."""
+    """What every residual block shares: the arguments, the shortcut rule and stochastic depth.
+
+    Subclasses say what the residual branch computes (``make_convs``, given ``in_chs, out_chs,
+    mid_chs, stride, groups, act``) and whether an activation follows the add (``post_add_act``).
+    """
+
+    make_convs = staticmethod(bottleneck_convs)
+    post_add_act = True
 
     def __init__(
         self,
         in_chs: int,
         out_chs: int,
-        bottle_ratio: float,
         stride: int = 1,
-        groups: int = 1,
-        act: str = "relu",
         shortcut: str = "identity",
         drop_path: float = 0.0,
     ) -> None:
@@ -71,8 +103,6 @@ class _ResidualBlock(nn.Module):
         self.shortcut_chs = min(in_chs, out_chs)
         self.shortcut_stride = stride
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.mid_chs = int(round(out_chs * bottle_ratio))
-        self.conv1 = ConvNormAct(in_chs, self.mid_chs, 1, act=act)
 
     def extra_repr(self) -> str:
         if not self.partial_shortcut:
@@ -96,12 +126,14 @@ class BottleneckBlock(_ResidualBlock):
     torch.Size([1, 128, 8, 8])
     """
 
+    make_convs = staticmethod(bottleneck_convs)
+    post_add_act = True
+
     def __init__(self, in_chs: int, out_chs: int, bottle_ratio: float = 0.25, stride: int = 1, groups: int = 1,
                  act: str = "relu", shortcut: str = "identity", drop_path: float = 0.0) -> None:  # fmt: skip
-        super().__init__(in_chs, out_chs, bottle_ratio, stride, groups, act, shortcut, drop_path)
-        mid_chs = self.mid_chs
-        self.conv2 = ConvNormAct(mid_chs, mid_chs, 3, stride=stride, groups=groups, act=act)
-        self.conv3 = ConvNormAct(mid_chs, out_chs, 1, act="linear")
+        super().__init__(in_chs, out_chs, stride, shortcut, drop_path)
+        self.mid_chs = int(round(out_chs * bottle_ratio))
+        self.conv1, self.conv2, self.conv3 = bottleneck_convs(in_chs, out_chs, self.mid_chs, stride, groups, act)
         self.act3 = make_act(act)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -118,10 +150,14 @@ class DarkBlock(_ResidualBlock):
     torch.Size([1, 64, 8, 8])
     """
 
+    make_convs = staticmethod(dark_convs)
+    post_add_act = False
+
     def __init__(self, in_chs: int, out_chs: int, bottle_ratio: float = 0.5, stride: int = 1, groups: int = 1,
                  act: str = "relu", shortcut: str = "identity", drop_path: float = 0.0) -> None:  # fmt: skip
-        super().__init__(in_chs, out_chs, bottle_ratio, stride, groups, act, shortcut, drop_path)
-        self.conv2 = ConvNormAct(self.mid_chs, out_chs, 3, stride=stride, groups=groups, act=act)
+        super().__init__(in_chs, out_chs, stride, shortcut, drop_path)
+        self.mid_chs = int(round(out_chs * bottle_ratio))
+        self.conv1, self.conv2 = dark_convs(in_chs, out_chs, self.mid_chs, stride, groups, act)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._add_shortcut(self.conv2(self.conv1(x)), x)

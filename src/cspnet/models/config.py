@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from cspnet.fields import bounded, check_field, one_of
 from cspnet.layers.act import ACTIVATION_NAMES
 from cspnet.layers.cross_stage import FUSIONS
+from cspnet.layers.elastic import ELASTIC_POOLS, ELASTIC_UPSAMPLES
 
 _Config = TypeVar("_Config", bound="ModelConfig")
 
@@ -40,6 +41,18 @@ def transition_b_ratio_field(default: float | None) -> Any:
 class UnknownFieldError(ValueError, TypeError):
     """A config field that does not exist: bad input (a ``ValueError``, one line from the CLI) and, as
     for any unexpected keyword argument, a ``TypeError`` to Python callers."""
+
+
+def elastic_pool_field(default: str) -> Any:
+    """The ``elastic_pool`` field: the 2x2 pool that opens an ELASTIC block's half-resolution branch."""
+    return one_of(default, ELASTIC_POOLS, doc="pool of the ELASTIC half-resolution branch: max (darknet) or avg (allenai)")
+
+
+def elastic_upsample_field(default: str) -> Any:
+    """The ``elastic_upsample`` field: how an ELASTIC block's half-resolution branch is upsampled back."""
+    return one_of(
+        default, ELASTIC_UPSAMPLES, doc="upsampling of the ELASTIC half-resolution branch: nearest (darknet) or bilinear (allenai)"
+    )
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,29 @@ paper leaves open (documented in ``docs/cspdensenet.md``), all config fields:
   (``last_stage_transition=False``): its bypass joins the partial dense block's output by
   concatenation alone, which gives DenseNet's final width. A T/U pair there would cost more than
   the partial dense block saves (DenseNet-201: +0.29 GMACs against -0.09).
+
+``elastic`` (one flag, or one per stage) makes every dense layer of a stage an
+:class:`~cspnet.layers.ElasticDenseLayer` (allenai/elastic's DenseNet-201-Elastic: half the
+bottleneck at half resolution); ``densenet201_elastic`` / ``cspdensenet201_elastic`` are that
+layout, the second with the CSP stages above (docs/cspdensenet.md: the paper's figures and the choices).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
-from cspnet.layers import BatchNormAct2d, DenseBlock, NormActConv, drop_path_rates
+from cspnet.layers import BatchNormAct2d, DenseBlock, ElasticDenseLayer, NormActConv, drop_path_rates
 from cspnet.models.backbone import Backbone, FeatureInfo, conv_stem, init_weights, resnet_stem
-from cspnet.models.config import ModelConfig, bounded, one_of, positive_ints
+from cspnet.models.config import (
+    ModelConfig,
+    bounded,
+    elastic_pool_field,
+    elastic_upsample_field,
+    one_of,
+    positive_ints,
+)
 from cspnet.models.dense_stage import CSPStageFields, build_csp_dense_stages
 from cspnet.models.registry import ModelEntry, register_model
 
@@ -49,6 +61,12 @@ class DenseNetConfig(CSPStageFields, ModelConfig):
     compression: float = bounded(0.5, 0.0, 1.0, low_open=True, doc="transition width / its input width")
     small_input: bool = one_of(False, (False, True), doc="3x3 stride-1 stem, no stem pool (32x32 images)")
     memory_efficient: bool = one_of(False, (False, True), doc="recompute concat + bottleneck in backward")
+    elastic: bool | tuple[bool, ...] = field(
+        default=False,
+        metadata={"doc": "ELASTIC dense layers (half the bottleneck at half resolution): one flag, or one per stage"},
+    )
+    elastic_pool: str = elastic_pool_field("avg")
+    elastic_upsample: str = elastic_upsample_field("bilinear")
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -59,6 +77,20 @@ class DenseNetConfig(CSPStageFields, ModelConfig):
     def check(self) -> None:
         if self.small_input and len(self.block_config) < 2:
             raise ValueError(f"block_config={self.block_config!r} is invalid: expected at least 2 stages")
+        if isinstance(self.elastic, list):
+            object.__setattr__(self, "elastic", tuple(self.elastic))
+        flags = self.elastic if isinstance(self.elastic, tuple) else (self.elastic,)
+        if not all(isinstance(f, bool) for f in flags) or len(flags) not in (1, len(self.block_config)) or (
+            isinstance(self.elastic, tuple) and len(flags) != len(self.block_config)
+        ):
+            raise ValueError(
+                f"elastic={self.elastic!r} is invalid: expected True / False or {len(self.block_config)} of them, "
+                "one per stage (block_config)"
+            )
+
+    def elastic_stages(self) -> tuple[bool, ...]:
+        """Whether each stage's dense layers are ELASTIC layers."""
+        return self.elastic if isinstance(self.elastic, tuple) else (self.elastic,) * len(self.block_config)
 
 
 def _stem(cfg: DenseNetConfig, in_chans: int) -> tuple[nn.Module, int, nn.Module | None]:
@@ -76,10 +108,17 @@ def build_densenet(cfg: DenseNetConfig, num_classes: int = 1000, in_chans: int =
     rates = drop_path_rates(cfg.drop_path_rate, cfg.depths)
     last = len(cfg.depths) - 1
 
+    elastic = cfg.elastic_stages()
+
+    def make_elastic_layer(chs: int, rate: float) -> nn.Module:
+        return ElasticDenseLayer(chs, cfg.growth_rate, cfg.bn_size, cfg.act, rate, cfg.memory_efficient,
+                                 pool=cfg.elastic_pool, upsample=cfg.elastic_upsample)  # fmt: skip
+
     def make_block(i: int, in_chs: int) -> DenseBlock:
         return DenseBlock(
-            in_chs, cfg.depths[i], cfg.growth_rate, cfg.bn_size, cfg.act, rates[i], cfg.memory_efficient
-        )
+            in_chs, cfg.depths[i], cfg.growth_rate, cfg.bn_size, cfg.act, rates[i], cfg.memory_efficient,
+            make_layer=make_elastic_layer if elastic[i] else None,
+        )  # fmt: skip
 
     def transition_width(i: int, dense_width: int) -> int | None:
         return None if i == last else int(dense_width * cfg.compression)  # DenseNet's last stage has none
@@ -146,3 +185,22 @@ for _depth, _layers in ((100, 16), (40, 6)):
         f"CSPDenseNet-BC-{_depth} (k=12, gamma 0.5) for ~32x32 inputs",
         input_size=(3, 32, 32),
     )
+
+# DenseNet-201-Elastic as allenai/elastic's PyTorch code builds it: k=32, blocks 10/20/40/30, every
+# dense layer of stages 0-2 an ELASTIC layer (2x2 average pool, bilinear upsampling); the last stage's
+# layers do not pool (its 7x7 map at 224), which makes them plain dense layers: built as such.
+# The paper's figures are ELASTIC's own count (its counter adds BN, ReLU and pool elements to the
+# multiply-adds; the CSPNet table doubles it); see docs/cspdensenet.md.
+DENSENET201_ELASTIC = DenseNetConfig(growth_rate=32, block_config=(10, 20, 40, 30), elastic=(True, True, True, False))
+_register(
+    "densenet201_elastic",
+    DENSENET201_ELASTIC,
+    "DenseNet-201-Elastic (k=32, blocks 10/20/40/30), allenai/elastic's layout",
+    published=({"source": "CSPNet paper (ELASTIC's count)", "input": 224, "params": 19_480_000, "elastic_bflops": 8.77},),
+)
+_register(
+    "cspdensenet201_elastic",
+    DENSENET201_ELASTIC.replace(partial_ratio=0.5),
+    "CSPDenseNet-201-Elastic: DenseNet-201-Elastic with cross stage partial stages (gamma 0.5, fusion csp)",
+    published=({"source": "CSPNet paper (layout unpublished)", "input": 224, "params": 20_170_000, "elastic_bflops": 7.13},),
+)

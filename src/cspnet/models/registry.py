@@ -36,7 +36,8 @@ class ModelEntry:
     ``source`` (e.g. "torchvision", "timm", "paper README"), ``input`` (the side length the cost
     figures are for), ``params`` (PyTorch parameter count), ``conv_weight_params`` (the paper's
     #Parameter: conv kernels only), ``gmacs`` (torchvision/timm GMACs), ``bflops`` (darknet BFLOPs =
-    2 x conv GMACs), ``cio_m`` (HarDNet CIO in millions), ``top1`` / ``top5`` (ImageNet, percent)."""
+    2 x conv GMACs), ``elastic_bflops`` (2 x what ELASTIC's FLOP counter reports: multiply-adds plus BN,
+    ReLU and pool elements), ``cio_m`` (HarDNet CIO in millions), ``top1`` / ``top5`` (ImageNet, percent)."""
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

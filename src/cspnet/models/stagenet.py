@@ -7,7 +7,9 @@ Every stage ``i`` is a :class:`~cspnet.layers.CrossStagePartial` sized by the st
              stage 0 of a ResNet-style stem gets the stem's max pool instead)
     conv_exp 1x1 to exp = out * expand_ratio, split into
              bypass = exp * partial_ratio (first channels) | block path = the rest
-    blocks   depth x residual block (bottleneck or dark) of width out * block_ratio
+             (both multiples of ``groups``: grouped convs read them)
+    blocks   depth x residual block (bottleneck or dark; ELASTIC with ``elastic``) as wide as the
+             block path (``block_ratio=None``, so any gamma works), or out * block_ratio
     T        1x1, block width -> block width * transition_b_ratio (default 1: keeps the width)
     U        1x1 over [bypass, T] -> out
 
@@ -20,7 +22,11 @@ The darknet cfgs build ``conv_exp`` as two parallel 1x1 convs (bypass, then bloc
 with the bypass rows first is the same map (the darknet weight reader stacks them). CSPResNe(X)t's
 first stage splits unevenly (bypass 128, block path 64 channels): ``expand_ratio`` 1.5 / 0.75 with
 ``partial_ratio`` 2/3, and its first block joins 64 input to 128 output channels through darknet's
-partial-channel shortcut (``shortcut="darknet"``).
+partial-channel shortcut (``shortcut="darknet"``): the one stage whose block width is pinned
+(``block_ratio``); every other stage's blocks take the width the split gives them.
+
+With ``elastic=True`` (per stage) every block is an :class:`~cspnet.layers.ElasticBlock`: the
+block's convs on each half of its channels, one half at half resolution (the ``*-elastic.cfg``).
 
 >>> import torch
 >>> cfg = StageNetConfig(out_chs=(32, 64), depths=(1, 1), strides=(1, 2), expand_ratio=2.0,
@@ -33,6 +39,7 @@ partial-channel shortcut (``shortcut="darknet"``).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +49,7 @@ from cspnet.layers import (
     ACTIVATION_NAMES,
     ConvNormAct,
     CrossStagePartial,
+    ElasticBlock,
     StagePlan,
     drop_path_rates,
     plan_stage,
@@ -51,6 +59,8 @@ from cspnet.models.backbone import Backbone, FeatureInfo, conv_stem, init_weight
 from cspnet.models.config import (
     ModelConfig,
     bounded,
+    elastic_pool_field,
+    elastic_upsample_field,
     fusion_field,
     one_of,
     positive_ints,
@@ -59,12 +69,15 @@ from cspnet.models.config import (
 from cspnet.models.registry import ModelEntry, register_model
 
 
-def per_stage(default: Any, low: float, high: float, *, low_open: bool = False, doc: str = "") -> Any:
+def per_stage(
+    default: Any, low: float, high: float, *, low_open: bool = False, optional: bool = False, doc: str = ""
+) -> Any:
     """A per-stage tuple of numbers in ``[low, high]`` (``(low, high]`` with ``low_open``).
 
-    A single number is accepted too and repeated for every stage.
+    A single number is accepted too and repeated for every stage; ``optional`` also admits ``None``
+    (for every stage, or an entry for one stage: a width derived from the others).
     """
-    return field(default=default, metadata={"per_stage": (low, high, low_open), "doc": doc})
+    return field(default=default, metadata={"per_stage": (low, high, low_open), "optional": optional, "doc": doc})
 
 
 def per_stage_flags(default: Any, doc: str = "") -> Any:
@@ -96,7 +109,10 @@ class StageNetConfig(ModelConfig):
         0.5, 0.0, 1.0, doc="gamma: fraction of conv_exp's channels that bypass the blocks (0: plain stage)"
     )
     bottle_ratio: tuple[float, ...] = per_stage(0.5, 0.0, 16.0, low_open=True, doc="block inner width / block width")
-    block_ratio: tuple[float, ...] = per_stage(1.0, 0.0, 16.0, low_open=True, doc="block width / out_chs")
+    block_ratio: tuple[float | None, ...] | None = per_stage(
+        None, 0.0, 16.0, low_open=True, optional=True,
+        doc="block width / out_chs (None, for a stage or all: the blocks are as wide as the path the split leaves)",
+    )  # fmt: skip
     split_linear: tuple[bool, ...] = per_stage_flags(True, doc="conv_exp without activation (timm's cross_linear)")
     fusion: str = fusion_field()
     transition_b_ratio: float | None = transition_b_ratio_field(1.0)
@@ -105,6 +121,11 @@ class StageNetConfig(ModelConfig):
     shortcut: str = one_of(
         "identity", SHORTCUTS, doc="identity add, or darknet's parameter-free partial-channel/strided add"
     )
+    elastic: tuple[bool, ...] = per_stage_flags(
+        False, doc="ELASTIC blocks: half of each block's channels run at half resolution (the -elastic cfgs)"
+    )
+    elastic_pool: str = elastic_pool_field("max")
+    elastic_upsample: str = elastic_upsample_field("nearest")
 
     @property
     def num_stages(self) -> int:
@@ -114,6 +135,8 @@ class StageNetConfig(ModelConfig):
         # Broadcast scalars of per-stage fields before the generic checks run.
         for f in self.__dataclass_fields__.values():
             value = getattr(self, f.name)
+            if value is None and f.metadata.get("optional"):
+                continue
             if "per_stage" in f.metadata and not isinstance(value, (tuple, list)):
                 object.__setattr__(self, f.name, (value,) * len(self.depths))
             elif isinstance(value, list):
@@ -133,9 +156,15 @@ class StageNetConfig(ModelConfig):
                 "down='block' (strided first block) is only valid for plain stages: set partial_ratio=0 "
                 "or down='conv'"
             )
+        if self.down == "block" and any(self.elastic):
+            raise ValueError("elastic=True needs down='conv': an ELASTIC block keeps its input's resolution")
+        if any(self.elastic) and self.groups > 1 and self.groups % 2:
+            raise ValueError(f"groups={self.groups} is invalid with elastic=True: each half takes groups / 2 (use 1 or even)")
         plans = self.stage_plans()  # the stage factory rejects what it cannot build
         if self.shortcut == "identity":
             self._check_identity_shortcuts(plans)
+        if self.groups > 1:
+            self._check_groups(plans)
 
     def _check_per_stage_fields(self) -> None:
         """One value per stage in every per-stage field, each within its field's range."""
@@ -143,7 +172,7 @@ class StageNetConfig(ModelConfig):
         for f in self.__dataclass_fields__.values():
             value = getattr(self, f.name)
             rule = f.metadata.get("per_stage")
-            if rule is None and not f.metadata.get("positive_ints"):
+            if rule is None and not f.metadata.get("positive_ints") or value is None and f.metadata.get("optional"):
                 continue
             if len(value) != n:
                 raise ValueError(f"{f.name}={value!r} is invalid: expected {n} values, one per stage (depths)")
@@ -153,6 +182,8 @@ class StageNetConfig(ModelConfig):
             elif rule is not None:
                 low, high, low_open = rule
                 for v in value:
+                    if v is None and f.metadata.get("optional"):
+                        continue
                     ok = isinstance(v, (int, float)) and not isinstance(v, bool)
                     if not ok or not (v > low if low_open else v >= low) or v > high:
                         expected = f"{low} {'<' if low_open else '<='} {f.name} <= {high}"
@@ -169,17 +200,26 @@ class StageNetConfig(ModelConfig):
             plan = plan_stage(
                 chs,
                 self.partial_ratio[i],
-                int(round(out_chs * self.block_ratio[i])),
+                self.block_width(i),
                 fusion=self.fusion,
                 out_chs=out_chs,
                 exp_chs=int(round(out_chs * self.expand_ratio[i])),
                 transition_b_ratio=self.transition_b_ratio,
                 plain_transition=False,  # a plain ResNet / Darknet stage is its blocks alone
+                multiple=self.groups,  # grouped convs read the bypass (next stage's down) and the path
                 stage=i,
             )
             plans.append(plan)
             chs = plan.out_chs
         return plans
+
+    def block_width(self, i: int) -> int | Callable[[int], int]:
+        """Stage ``i``'s block width: ``out_chs * block_ratio``, or (``None``) the width of the block
+        path the split leaves (a function of it, for :func:`~cspnet.layers.plan_stage`)."""
+        ratio = None if self.block_ratio is None else self.block_ratio[i]
+        if ratio is None:
+            return _same_width
+        return int(round(self.out_chs[i] * ratio))
 
     def _check_identity_shortcuts(self, plans: list[StagePlan]) -> None:
         """An identity shortcut needs every first block to keep its input's shape."""
@@ -189,9 +229,39 @@ class StageNetConfig(ModelConfig):
                 raise ValueError(
                     f"stage {i}: its first block maps {plan.block_in_chs} to {plan.block_out_chs} channels "
                     f"(out_chs x block_ratio) at stride {stride if self.down == 'block' else 1}, which "
-                    "shortcut='identity' cannot add; change partial_ratio / expand_ratio / block_ratio or use "
-                    "shortcut='darknet' (parameter-free partial-channel add)"
+                    "shortcut='identity' cannot add; set block_ratio=None (blocks as wide as the split leaves "
+                    "them), change partial_ratio / expand_ratio / block_ratio or use shortcut='darknet' "
+                    "(parameter-free partial-channel add)"
                 )
+
+    def _check_groups(self, plans: list[StagePlan]) -> None:
+        """Every grouped conv's widths are multiples of its group count (else torch's bare error)."""
+        chs = self.stem_chs
+        for i, plan in enumerate(plans):
+            groups = self.groups
+            widths = []
+            if self.strides[i] == 2 and self.down == "conv":
+                widths += [("its 3x3/2 down conv's input (the previous stage's output)", chs, "out_chs / fusion")]
+                widths += [("its 3x3/2 down conv's output", plan.in_chs, "out_chs")]
+            block = plan.block_out_chs
+            if self.elastic[i]:  # each half of an ELASTIC block: half the width, half the groups
+                groups, block = groups // 2, block // 2
+            mid = int(round(block * self.bottle_ratio[i]))
+            widths += [("its blocks' 3x3 convs (block width x bottle_ratio)", mid, "bottle_ratio / block_ratio")]
+            if self.block == "dark":
+                widths += [("its blocks' 3x3 output (the block width)", block, "block_ratio / partial_ratio")]
+            for what, width, fields in widths:
+                if width % groups:
+                    raise ValueError(
+                        f"groups={self.groups} does not divide stage {i}: {what} is {width} channels wide; "
+                        f"change groups or {fields}"
+                    )
+            chs = plan.out_chs
+
+
+def _same_width(block_in_chs: int) -> int:
+    """A residual stack as wide as its input."""
+    return block_in_chs
 
 
 def _stem(cfg: StageNetConfig, in_chans: int) -> tuple[nn.Module, int, nn.Module | None]:
@@ -210,7 +280,11 @@ def _stage(
     if stride == 2 and cfg.down == "conv":
         down = ConvNormAct(in_chs, plan.in_chs, 3, stride=2, groups=cfg.groups, act=act)
     block_stride = stride if cfg.down == "block" else 1
-    block_cls = BLOCKS[cfg.block]
+    block_cls: Callable[..., nn.Module] = BLOCKS[cfg.block]
+    if cfg.elastic[i]:
+        block_cls = functools.partial(
+            ElasticBlock, kind=cfg.block, pool=cfg.elastic_pool, upsample=cfg.elastic_upsample
+        )
 
     def make_blocks(chs: int) -> nn.Sequential:
         return nn.Sequential(
@@ -279,3 +353,13 @@ def readme_figures(conv_weights_m: float, bflops: float, top1: float, top5: floa
         "top1": top1,
         "top5": top5,
     }
+
+
+def cfg_figures(cfg: str, conv_weights: int, bflops: float) -> dict[str, Any]:
+    """An official cfg's exact costs at 256 (recomputed from the cfg, spec 2.6): conv weights and BFLOPs."""
+    return {"source": f"darknet {cfg}", "input": 256, "conv_weight_params": conv_weights, "bflops": bflops}
+
+
+def readme_bflops(bflops: float, top1: float, top5: float) -> dict[str, Any]:
+    """The official README's figures where it prints no parameter count (the Elastic models)."""
+    return {"source": "paper README", "input": 256, "bflops": bflops, "top1": top1, "top5": top5}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from cspnet.layers import FUSIONS
 from cspnet.models import create_model, get_model_entry, list_models
@@ -34,14 +35,48 @@ PUBLISHED_METRICS: dict[str, tuple[Callable[[ModelProfile], float], str]] = {
     "gmacs": (lambda p: p.macs / 1e9, "GMACs"),
     "bflops": (lambda p: p.darknet_bflops, "darknet BFLOPs"),
     "cio_m": (lambda p: p.cio / 1e6, "CIO (M)"),
-}
+}  # and ELASTIC_BFLOPS, measured apart (elastic_counter_bflops)
 _IN_MILLIONS = {"params", "conv_weight_params"}  # published as counts, shown in millions
+
+ELASTIC_BFLOPS = "elastic_bflops"
+"""Published key of a figure in ELASTIC's own convention (:func:`elastic_counter_bflops`), which a
+:class:`ModelProfile` does not hold: measured apart."""
+ELASTIC_BFLOPS_LABEL = "BFLOPs (ELASTIC's counter)"
 
 # Memory-traffic figures the CSPNet paper states in its text (Fig. 8: 34.4M vs 32.6M), not in the registry.
 PAPER_CIO_M = {"resnext50_paper": 34.41, "cspresnext50_paper": 32.64}
 
 # The CSP ablation: (family label, baseline model, CSP model to vary).
-ABLATIONS = (("CSPDenseNet-201", "densenet201", "cspdensenet201"), ("CSPPeleeNet", "peleenet", "csppeleenet"))
+ABLATIONS = (
+    ("CSPDenseNet-201", "densenet201", "cspdensenet201"),
+    ("CSPDenseNet-201-Elastic", "densenet201_elastic", "cspdensenet201_elastic"),
+    ("CSPPeleeNet", "peleenet", "csppeleenet"),
+)
+
+# The Elastic models beside their plain twins: (plain model, Elastic model).
+ELASTIC_PAIRS = (
+    ("cspdarknet53_paper", "cspdarknet53_elastic_paper"),
+    ("cspresnet50_paper", "cspresnet50_elastic_paper"),
+    ("cspresnext50_paper", "cspresnext50_elastic_paper"),
+    ("densenet201_elastic", "cspdensenet201_elastic"),
+)
+
+# CSPDenseNet-201-Elastic's open choices, one at a time from the registered model, then the closest
+# combination to the paper's 20.17M / 7.13 found by a search over them (docs/cspdensenet.md).
+ELASTIC_DENSE_MODEL = "cspdensenet201_elastic"
+ELASTIC_DENSE_CHOICES: tuple[dict[str, Any], ...] = (
+    {},
+    {"partial_ratio": 0.25},
+    {"partial_ratio": 0.75},
+    {"fusion": "fusion_first"},
+    {"fusion": "fusion_last"},
+    {"transition_b_ratio": 0.5},
+    {"transition_pool": "before"},
+    {"last_stage_transition": True},
+    {"elastic": True},
+    {"fusion": "fusion_first", "transition_pool": "before", "last_stage_transition": True},
+    {"partial_ratio": 0.75, "transition_pool": "before", "last_stage_transition": True, "elastic": True},
+)
 
 # Pairs whose per-layer / per-stage costs are plotted (the paper's Figure 7 idea).
 LAYER_PAIRS = (("densenet201", "cspdensenet201"), ("peleenet", "csppeleenet"))
@@ -77,6 +112,45 @@ class AblationRow:
         return self.fusion == BASELINE
 
 
+# What ELASTIC's counter (allenai/elastic utils.py, add_flops_counting_methods) adds to the multiply-adds:
+# the input elements of every batch norm (twice where affine), ReLU-family activation and 2-D pool module.
+_ELASTIC_COUNTED = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def elastic_counter_bflops(name: str, side: int, *, conv_macs: int | None = None, **overrides: Any) -> float:
+    """2 x what ELASTIC's FLOP counter reports for ``name`` at ``side`` x ``side``, in billions.
+
+    That counter sums conv and linear multiply-adds (:attr:`ModelProfile.conv_macs`; pass them as
+    ``conv_macs`` when a profile is at hand) and the input elements of every batch norm (x2 with its
+    affine step), ReLU-family activation and pool module; upsampling, concatenations and functional
+    calls are free. The CSPNet paper's Elastic DenseNet figures (8.77, 7.13 BFLOPs) are twice its
+    output. (This library's final norm carries its ReLU as a module where allenai calls ``F.relu``:
+    94K elements more for DenseNet-201-Elastic, 0.002 %.)
+
+    >>> round(elastic_counter_bflops("densenet201_elastic", 224), 2)
+    8.77
+    """
+    elements = 0
+
+    def count(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        nonlocal elements
+        n = inputs[0].numel()
+        elements += 2 * n if isinstance(module, nn.BatchNorm2d) and module.affine else n
+
+    with torch.device("meta"):
+        model = create_model(name, **overrides).eval()
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, _ELASTIC_COUNTED)]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, 3, side, side, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    if conv_macs is None:
+        conv_macs = profile(name, side, **overrides).conv_macs
+    return 2 * (conv_macs + elements) / 1e9
+
+
 def measure_published() -> list[PublishedFigure]:
     """Every registered model's published cost figures, with ours at the input side they are for."""
     rows: list[PublishedFigure] = []
@@ -84,15 +158,44 @@ def measure_published() -> list[PublishedFigure]:
         entry = get_model_entry(name)
         for figures in entry.published:
             keys = [k for k in PUBLISHED_METRICS if figures.get(k) is not None]
-            if not keys:
+            elastic = figures.get(ELASTIC_BFLOPS)
+            if not keys and elastic is None:
                 continue
             side = int(figures.get("input", entry.input_size[1]))
+            source = figures.get("source", "?")
             p = profile(name, side)
             for key in keys:
                 ours_fn, label = PUBLISHED_METRICS[key]
                 ref = float(figures[key]) / (1e6 if key in _IN_MILLIONS else 1)
-                rows.append(PublishedFigure(name, figures.get("source", "?"), side, label, ref, ours_fn(p)))
+                rows.append(PublishedFigure(name, source, side, label, ref, ours_fn(p)))
+            if elastic is not None:
+                ours = elastic_counter_bflops(name, side, conv_macs=p.conv_macs)
+                rows.append(PublishedFigure(name, source, side, ELASTIC_BFLOPS_LABEL, float(elastic), ours))
     return rows
+
+
+@dataclass
+class ElasticRow:
+    """One Elastic model (or CSPDenseNet-201-Elastic variant) with both BFLOPs conventions."""
+
+    model: str
+    overrides: dict[str, Any]
+    profile: ModelProfile
+    elastic_bflops: float
+
+
+def measure_elastic() -> tuple[list[tuple[ElasticRow, ElasticRow]], list[ElasticRow]]:
+    """The Elastic models beside their plain twins, and CSPDenseNet-201-Elastic's open choices."""
+    registered = set(list_models())
+
+    def row(name: str, **overrides: Any) -> ElasticRow:
+        side = get_model_entry(name).input_size[1]
+        p = profile(name, side, **overrides)
+        return ElasticRow(name, overrides, p, elastic_counter_bflops(name, side, conv_macs=p.conv_macs, **overrides))
+
+    pairs = [(row(a), row(b)) for a, b in ELASTIC_PAIRS if a in registered and b in registered]
+    choices = [row(ELASTIC_DENSE_MODEL, **o) for o in ELASTIC_DENSE_CHOICES] if ELASTIC_DENSE_MODEL in registered else []
+    return pairs, choices
 
 
 def measure_paper_cio() -> list[tuple[str, float, float]]:

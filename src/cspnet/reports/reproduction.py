@@ -16,10 +16,13 @@ from cspnet.layers import FUSIONS
 from cspnet.profiling.profiler import ModelProfile
 from cspnet.profiling.reproduce import (
     ABLATIONS,
+    ELASTIC_DENSE_MODEL,
     LATENCY_THREADS,
     AblationRow,
+    ElasticRow,
     PublishedFigure,
     machine_description,
+    measure_elastic,
     measure_paper_cio,
     measure_published,
     profile_layer_pairs,
@@ -230,6 +233,60 @@ def detection_section(quick: bool) -> list[str]:
     ]
 
 
+# The paper's figures for the DenseNet-201-Elastic pair (spec 3.2): params (M), BFLOPs in ELASTIC's count.
+PAPER_ELASTIC_DENSE = {"densenet201_elastic": (19.48, 8.77), "cspdensenet201_elastic": (20.17, 7.13)}
+
+
+def _overrides_text(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "none (the registered model)"
+
+
+def elastic_section(pairs: list[tuple[ElasticRow, ElasticRow]], choices: list[ElasticRow]) -> list[str]:
+    """The Elastic models beside their plain twins, and CSPDenseNet-201-Elastic's open choices."""
+    lines = [
+        "## 5. The Elastic models",
+        "",
+        "ELASTIC blocks run half of each block at half resolution (2x2 pool, the block's convs, 2x upsample). "
+        "The three `*_elastic_paper` models are the official `*-elastic.cfg` (section 1: darknet BFLOPs and "
+        "conv weights as the cfgs); `densenet201_elastic` follows allenai/elastic's PyTorch layout and "
+        "`cspdensenet201_elastic` puts this library's CSP stage around it (the paper's layout is unpublished). "
+        "The paper's two Elastic DenseNet figures are in ELASTIC's own count: its FLOP counter adds the "
+        "elements of every batch norm (twice), ReLU and pool to the multiply-adds, and the CSPNet table "
+        "doubles that. Both conventions at the model's input size; differences against the row's twin:",
+        "",
+    ]
+    rows = []
+    for plain, elastic in pairs:
+        for r, twin in ((plain, None), (elastic, plain)):
+            p = r.profile
+            diff = "" if twin is None else f"{_pct(p.darknet_bflops, twin.profile.darknet_bflops)} vs {twin.model}"
+            paper = PAPER_ELASTIC_DENSE.get(r.model)
+            rows.append([r.model, str(p.input_size[1]), f"{p.params / 1e6:.3f}", f"{p.conv_weight_params / 1e6:.3f}",
+                         f"{p.darknet_bflops:.3f}", f"{r.elastic_bflops:.3f}", diff,
+                         "" if paper is None else f"{paper[0]:.2f}M / {paper[1]:.2f}"])  # fmt: skip
+    header = ["model", "input", "params (M)", "conv weights (M)", "darknet BFLOPs", "BFLOPs (ELASTIC)",
+              "darknet BFLOPs vs twin", "paper (params / ELASTIC BFLOPs)"]  # fmt: skip
+    lines += markdown_table(header, rows)
+    if choices:
+        ref_params, ref_bflops = PAPER_ELASTIC_DENSE[ELASTIC_DENSE_MODEL]
+        lines += [
+            "",
+            f"`{ELASTIC_DENSE_MODEL}`'s open choices (config fields, see [cspdensenet.md](cspdensenet.md)), "
+            f"one at a time from the registered model, then the two combinations closest to the paper's "
+            f"{ref_params}M / {ref_bflops} found by a search over them:",
+            "",
+        ]
+        choice_rows = [
+            [_overrides_text(r.overrides), f"{r.profile.params / 1e6:.3f}", _pct(r.profile.params / 1e6, ref_params),
+             f"{r.elastic_bflops:.3f}", _pct(r.elastic_bflops, ref_bflops), f"{r.profile.darknet_bflops:.3f}"]
+            for r in choices
+        ]  # fmt: skip
+        lines += markdown_table(
+            ["overrides", "params (M)", "vs paper", "BFLOPs (ELASTIC)", "vs paper", "darknet BFLOPs"], choice_rows
+        )
+    return lines
+
+
 def write_report(output: str | Path, *, quick: bool = False, command: str = "cspnet reproduce",
                  log: Callable[[str], None] = lambda s: None) -> Path:  # fmt: skip
     """Measure, then write the report to ``output`` and its plots to ``output.parent / "img"``; returns ``output``."""
@@ -252,6 +309,8 @@ def write_report(output: str | Path, *, quick: bool = False, command: str = "csp
 
     log("detection necks")
     detection = detection_section(quick)
+    log("elastic models")
+    elastic = elastic_section(*measure_elastic())
 
     seconds = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
     header = [
@@ -270,7 +329,7 @@ def write_report(output: str | Path, *, quick: bool = False, command: str = "csp
     if quick:
         header += ["Run with `--quick`: latency was not measured.", ""]
     text = "\n".join([*header, *published, "", *ablation_section(rows, ablation_plot), "",
-                      *layers_section(layers_plot, pairs, missing), "", *detection, ""])  # fmt: skip
+                      *layers_section(layers_plot, pairs, missing), "", *detection, "", *elastic, ""])  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     return output

@@ -220,8 +220,8 @@ class RunCallbacks:
     checkpoints: Any  # cspnet.training.callbacks.RunCheckpoints
 
 
-def build_trainer(plan: RunPlan, layout: Layout, extra_callbacks: Sequence[Any], verbose: bool
-                  ) -> tuple[Any, RunCallbacks]:  # fmt: skip
+def build_trainer(plan: RunPlan, layout: Layout, extra_callbacks: Sequence[Any], verbose: bool,
+                  stop: StopOnSignal | None = None) -> tuple[Any, RunCallbacks]:  # fmt: skip
     """The Lightning trainer of a run, with the task's history columns and monitored metric."""
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -252,7 +252,8 @@ def build_trainer(plan: RunPlan, layout: Layout, extra_callbacks: Sequence[Any],
         limit_train_batches=cfg.limit_train_batches,
         logger=TensorBoardLogger(str(out), name="tensorboard", version=""),
         # History first: the epoch-end checkpoint must hold the epoch's history row.
-        callbacks=[run.history, run.checkpoints, *([EpochProgressBar()] if progress else []), *extra_callbacks],
+        callbacks=[run.history, run.checkpoints, *([EpochProgressBar()] if progress else []),
+                   *([stop_at_boundary(stop)] if stop is not None else []), *extra_callbacks],
         plugins=[AtomicCheckpointIO()],
         enable_checkpointing=False,  # RunCheckpoints writes last/best itself
         enable_progress_bar=progress,
@@ -276,8 +277,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _Stop(Exception):
-    """Raised by the signal handler inside the trainer. Not a KeyboardInterrupt: Lightning answers that
-    with ``sys.exit(1)``, which a scheduler would read as an ordinary failure."""
+    """Raised inside the trainer when a stop was asked for. Not a KeyboardInterrupt: Lightning answers
+    that with ``sys.exit(1)``, which a scheduler would read as an ordinary failure."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -287,17 +288,56 @@ class _Stop(Exception):
 RESUMABLE_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class StopOnSignal:
+    """SIGINT and SIGTERM ask the run to stop; the trainer stops at its next step boundary.
+
+    The handler only records the request: an exception raised from a signal handler surfaces inside
+    whatever code runs at that moment, and library code that turns exceptions into its own (Lightning's
+    metric logging does) would report a stop as an error. :class:`StopAtBoundary` raises it from a
+    callback instead, between steps and between validation batches, where nothing swallows it and no
+    write is half done. A second signal of the same kind stops at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signum == signum:
+            raise _Stop(signum)
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise _Stop(self.signum)
+
+
+def stop_at_boundary(request: StopOnSignal) -> Any:
+    """The Lightning callback that raises the requested stop at the next step or validation batch."""
+    import lightning as L
+
+    class StopAtBoundary(L.Callback):
+        def on_train_batch_start(self, *args: Any) -> None:
+            request.check()
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            request.check()
+
+        def on_validation_batch_start(self, *args: Any) -> None:
+            request.check()
+
+        def on_validation_end(self, *args: Any) -> None:
+            request.check()
+
+    return StopAtBoundary()
+
+
 @contextlib.contextmanager
-def _resumable_signals() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into :class:`_Stop` for the duration (main thread only), then restore."""
+def _resumable_signals(request: StopOnSignal) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to ``request`` for the duration (main thread only), then restore."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise _Stop(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in RESUMABLE_SIGNALS}
+    previous = {sig: signal.signal(sig, request.handle) for sig in RESUMABLE_SIGNALS}
     try:
         yield
     finally:
@@ -334,11 +374,12 @@ def _quiet_lightning() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def run_training(trainer: Any, module: Any, data: Any, resume_from: Path | None) -> None:
-    """``trainer.fit``; a signal raises :class:`Interrupted` after the last checkpoint is safe."""
+def run_training(trainer: Any, module: Any, data: Any, resume_from: Path | None, request: StopOnSignal) -> None:
+    """``trainer.fit``; a signal raises :class:`Interrupted` at the next step boundary (the last checkpoint safe)."""
     try:
-        with _resumable_signals():
+        with _resumable_signals(request):
             trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+            request.check()  # a signal after the last boundary still means the job was stopped, not finished
     except _Stop as stop:
         raise Interrupted(stop.signum) from None
     if trainer.interrupted:
@@ -424,11 +465,12 @@ def _fit(plan: RunPlan, callbacks: Sequence[Any], verbose: bool) -> FitResult:
     if cfg.pretrained and not plan.resume_from:  # a resumed run's weights come from its checkpoint
         module.load_pretrained(cfg.pretrained)
     data = RunDataModule(cfg, train_set, val_set, task.collate())
-    trainer, run = build_trainer(plan, layout, callbacks, verbose)
+    stop = StopOnSignal()
+    trainer, run = build_trainer(plan, layout, callbacks, verbose, stop)
     if trainer.is_global_zero:
         cfg.write(out)
     started = time.perf_counter()
-    run_training(trainer, module, data, plan.resume_from)
+    run_training(trainer, module, data, plan.resume_from, stop)
     metrics = final_metrics(plan, module, run, layout, time.perf_counter() - started)
     if trainer.is_global_zero:
         write_reports(plan, metrics)
