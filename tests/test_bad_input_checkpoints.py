@@ -144,7 +144,9 @@ def test_a_bad_training_checkpoint_is_one_line(case: str, task: str, command: st
     assert not (tmp_path / "m.pt").exists()
 
 
-@pytest.mark.parametrize(("task", "command"), [(t, c) for t, cs in COMMANDS.items() for c in cs])
+# `cspnet export` of a detection checkpoint hands it to `cspnet detect export` (tests/test_detection.py).
+@pytest.mark.parametrize(("task", "command"), [(t, c) for t, cs in COMMANDS.items() for c in cs
+                                               if (t, c) != ("classification", "export")])  # fmt: skip
 def test_a_checkpoint_of_the_other_task_names_the_right_commands(task: str, command: str, tmp_path: Path,
                                                                  image: str, capsys) -> None:  # fmt: skip
     other = "detection" if task == "classification" else "classification"

@@ -113,8 +113,10 @@ def test_invalid_thresholds_name_the_field(change: dict, message: str) -> None:
 def test_every_caller_reads_its_defaults_from_the_constants() -> None:
     import inspect
 
+    import cspnet
     from cspnet.cli import detect as cli
-    from cspnet.detection.export import ExportableDetector, export_detector_onnx
+    from cspnet.detection.export import ExportableDetector, detector_info, export_detector_onnx
+    from cspnet.inference import DetectionModel
     from cspnet.models.detectors import Detector
     from cspnet.training.detection_config import DetectionTrainConfig
 
@@ -125,6 +127,10 @@ def test_every_caller_reads_its_defaults_from_the_constants() -> None:
         got = defaults(function)
         assert {k: got[k] for k in PREDICT.kwargs() if k in got} == PREDICT.kwargs(), function
         assert "conf_threshold" in got
+    # DetectionModel.detect and `detect predict`: None, the file's own thresholds (PREDICT's for every file
+    # written here; a file exported with NMS, the ones baked into its graph).
+    assert DetectionModel(None, detector_info(cspnet.create_model("cspdensenet_bc40_efm", num_classes=2), 64)  # type: ignore[arg-type]
+                          ).thresholds() == PREDICT  # fmt: skip
     train = DetectionTrainConfig()
     assert (train.eval_conf, train.eval_iou, train.max_detections) == (
         EVALUATE.conf_threshold, EVALUATE.iou_threshold, EVALUATE.max_detections
@@ -134,7 +140,7 @@ def test_every_caller_reads_its_defaults_from_the_constants() -> None:
     for command, limits in (("val", EVALUATE), ("predict", PREDICT), ("export", PREDICT)):
         args = {"val": ["--checkpoint", "x"], "predict": ["a.png", "--checkpoint", "x"], "export": ["--output", "x"]}[command]
         parsed = parser.parse_args(["detect", command, *args])
-        if command == "val":  # None: the run's own eval_conf / eval_iou, whose defaults are EVALUATE's (above)
+        if command in ("val", "predict"):  # None: the run's own eval_conf / eval_iou (EVALUATE's, above), the file's
             assert (parsed.conf, parsed.iou) == (None, None)
             continue
         assert (parsed.conf, parsed.iou) == (limits.conf_threshold, limits.iou_threshold), command

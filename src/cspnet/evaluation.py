@@ -190,36 +190,68 @@ def _collate_boxes(items: list[Any]) -> tuple[Tensor, Tensor, int]:
     return images, targets, len(items) - len(kept)
 
 
-def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str], conf: float = EVALUATE.conf_threshold,
-                      iou: float = EVALUATE.iou_threshold, max_detections: int = EVALUATE.max_detections,
-                      batch_size: int = 32, workers: int = 0) -> DetectionResult:  # fmt: skip
-    """Every decodable image of ``dataset`` (letterboxed uint8 images with their boxes) through the
-    PyTorch ``model`` (a :class:`~cspnet.models.detectors.Detector` taking pixels in [0, 1]), scored by
-    COCO's own evaluation; the post-processing and thresholds are the validation's of training."""
+def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str] | None = None,
+                      conf: float = EVALUATE.conf_threshold, iou: float = EVALUATE.iou_threshold,
+                      max_detections: int = EVALUATE.max_detections, batch_size: int = 32, workers: int = 0,
+                      classes: Sequence[int] | None = None, on_batch: Any = None) -> DetectionResult:  # fmt: skip
+    """Every decodable image of ``dataset`` (letterboxed uint8 images with their boxes) through ``model``,
+    scored by COCO's own evaluation with the post-processing and thresholds of training's validation.
+
+    ``model`` is a :class:`~cspnet.inference.DetectionModel` on any engine (an exported file
+    included), or a PyTorch :class:`~cspnet.models.detectors.Detector` taking pixels in [0, 1] (run on
+    the torch engine). ``class_names`` default to the model's. ``classes``: score only these class
+    ids (their boxes in the data and in the predictions; mAP over them). ``on_batch(images, found,
+    first_index)``: called after each batch with its letterboxed images, its post-processed
+    detections (input pixels) and the dataset index of its first item (e.g. to save them).
+    """
     from cspnet.detection.metrics import coco_metrics
-    from cspnet.ops.postprocess import postprocess_numpy
+    from cspnet.inference.detection import DetectionModel
     from cspnet.training.detection_module import split_targets
 
+    runner = model if isinstance(model, DetectionModel) else DetectionModel.from_detector(model, img_size=_side(dataset))
+    names = list(class_names if class_names is not None else runner.info.class_names)
     limits = EVALUATE.replace(conf_threshold=conf, iou_threshold=iou, max_detections=max_detections)
-
+    runner.thresholds(conf, iou, max_detections)  # a file with NMS inside says here if it cannot honour them
     truth: list[dict[str, Tensor]] = []
     found: list[dict[str, Tensor]] = []
-    skipped = 0
+    skipped = seen = 0
     with torch.inference_mode():
         for images, targets, dropped in _batches(dataset, batch_size, workers, _collate_boxes):
             skipped += dropped
-            if not len(images):
-                continue
-            boxes, scores = model.decode(model(images.float() / 255.0))
-            found += postprocess_numpy(boxes, scores, (images.shape[-2], images.shape[-1]), **limits.kwargs())
-            truth += split_targets(targets, images.shape[0])
-    return DetectionResult(coco_metrics(truth, found, list(class_names)), len(truth), skipped, truth, found)
+            if len(images):
+                batch_found = runner.detect_letterboxed(images, limits, classes)
+                if on_batch is not None:
+                    on_batch(images, batch_found, seen)
+                found += batch_found
+                truth += _only(split_targets(targets, images.shape[0]), classes)
+            seen += len(images) + dropped
+    # COCO averages over the classes with true boxes: with `classes`, those classes only.
+    return DetectionResult(coco_metrics(truth, found, names), len(truth), skipped, truth, found)
+
+
+def _side(dataset: Any) -> int:
+    """The input side of a detection data set's letterboxed images."""
+    size = getattr(dataset, "size", None)
+    return int(size) if isinstance(size, int) else int(dataset[0][0].shape[-1])
+
+
+def _only(truth: list[dict[str, Tensor]], classes: Sequence[int] | None) -> list[dict[str, Tensor]]:
+    """Each image's true boxes of ``classes`` only (all for ``None``)."""
+    if classes is None:
+        return truth
+    wanted = torch.tensor(list(classes))
+    kept = []
+    for t in truth:
+        mask = torch.isin(t["labels"], wanted)
+        kept.append({"boxes": t["boxes"][mask], "labels": t["labels"][mask]})
+    return kept
 
 
 def evaluate(model: Any, dataset: Any, **options: Any) -> ClassificationResult | DetectionResult:
     """Evaluate ``model`` on ``dataset`` for its task: a classifier (an
-    :class:`~cspnet.inference.InferenceModel`) with :func:`evaluate_classifier`, a PyTorch detector
-    (whose ``class_names`` option names its classes) with :func:`evaluate_detector`."""
-    if hasattr(model, "decode"):
+    :class:`~cspnet.inference.InferenceModel`) with :func:`evaluate_classifier`, a detector (a
+    :class:`~cspnet.inference.DetectionModel` on any engine, or a PyTorch detector, whose
+    ``class_names`` option names its classes) with :func:`evaluate_detector`."""
+    if hasattr(model, "decode") or getattr(getattr(model, "info", None), "task", None) == "detection":
         return evaluate_detector(model, dataset, **options)
     return evaluate_classifier(model, dataset, **options)

@@ -6,11 +6,17 @@ the input/output conventions, so whoever runs it needs nothing else. This module
 that writes and reads that metadata, for the exporters (:mod:`cspnet.export`) and the engines
 (:mod:`cspnet.inference`) alike.
 
+A detector's file says in the same place how to letterbox (``resize="letterbox"``, the pad value,
+the strides whose largest the side is a multiple of), its anchors, whether NMS is inside the graph
+(``output="detections"``) or left to the caller (``output="boxes_scores"``), the default
+post-processing thresholds and, when its training data had them, the COCO category id of each class.
+
 A file may have been edited or come from elsewhere, so nothing read back is trusted: every field is
 checked on its own (a finite mean, a finite positive std, an input side within :data:`MAX_IMG_SIZE`,
-known task, precision, input format and output kind) and against the graph it describes
-(:meth:`ModelInfo.check_graph`: input shape and type, one class name per output). Each problem is
-a one-line ``ValueError`` naming the file and the field.
+known task, precision, input format and output kind; a detector's strides, anchors, pad value,
+thresholds and category ids) and against the graph it describes (:meth:`ModelInfo.check_graph`:
+input shape and type, one class name per output, a detector's outputs and box count). Each problem
+is a one-line ``ValueError`` naming the file and the field.
 
 >>> info = ModelInfo("cspdensenet_bc40", ("0", "1"), img_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
 >>> ModelInfo.from_metadata(info.to_metadata()) == info
@@ -33,6 +39,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from cspnet.ops.thresholds import PREDICT, Thresholds
 from cspnet.precision import PRECISIONS
 
 if TYPE_CHECKING:
@@ -46,19 +53,38 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 InputFormat = Literal["float32_nchw", "uint8_nhwc"]
-OutputKind = Literal["logits", "probabilities"]
+OutputKind = Literal["logits", "probabilities", "boxes_scores", "detections"]
 
-TASKS = ("classification",)  # what load_model runs; detectors export through `cspnet detect export`
+TASKS = ("classification", "detection")  # what load_model runs
 INPUT_FORMATS: dict[str, str] = {
     "float32_nchw": "float32 (N, C, H, W), RGB, already normalised: (pixel / 255 - mean) / std",
     "uint8_nhwc": "uint8 (N, H, W, C), RGB pixels 0..255, as decoded (normalisation is in the graph)",
 }
-OUTPUT_KINDS = ("logits", "probabilities")
+# What the first output(s) of a graph are, by task.
+TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "classification": ("logits", "probabilities"),
+    "detection": ("boxes_scores", "detections"),
+}
+OUTPUT_KINDS = tuple(kind for kinds in TASK_OUTPUTS.values() for kind in kinds)
+OUTPUT_DESCRIPTIONS: dict[str, str] = {
+    "boxes_scores": "boxes (N, K, 4) x1, y1, x2, y2 in input pixels and scores (N, K, C) objectness x class "
+    "probability, before post-processing (score > conf_threshold, clip, class-aware NMS at iou_threshold, "
+    "the best max_detections per image)",
+    "detections": "detections (M, 7) rows image index, x1, y1, x2, y2 (input pixels), score, class: "
+    "post-processed in the graph with the recorded thresholds",
+}
 RESIZE_RULES: dict[str, str] = {
     "stretch_bilinear": "convert to RGB, resize the whole image to img_size x img_size, bilinear, no crop",
     "short_side_centre_crop": "convert to RGB, resize the short side to floor(img_size / crop_pct) (bilinear), "
     "keep the centre img_size x img_size square (timm's crop_pct)",
+    "letterbox": "convert to RGB, resize by the largest scale that fits img_size x img_size (aspect kept, bilinear, "
+    "sides rounded), centre it on an img_size x img_size canvas of pad_value grey (padding split evenly, the odd "
+    "pixel right/bottom); boxes map back by subtracting the padding and dividing by the scale",
 }
+MAX_ANCHORS = 1000  # more anchors than any detector has: a corrupted field
+MAX_CATEGORY_ID = 2**31 - 1  # COCO ids are JSON integers; int32 keeps them exact everywhere
+LEGACY_PAD_VALUE = 114  # the letterbox grey of detector files written before they recorded it
+DETECTION_FIELDS = ("strides", "anchors", "pad_value", "thresholds", "category_ids")
 METADATA_VERSION = "1"
 TORCHSCRIPT_METADATA = "cspnet.json"  # the extra file of a TorchScript archive that holds the metadata
 MAX_IN_CHANS = 64  # more input channels than any image format has: a corrupted field, not a model
@@ -140,6 +166,7 @@ class GraphSignature:
     input_dims: tuple[int | None, ...] | None = None
     input_type: str | None = None
     output_dims: tuple[int | None, ...] | None = None
+    outputs: tuple[tuple[int | None, ...] | None, ...] | None = None  # every output's dims, in order
 
 
 @dataclass(frozen=True)
@@ -158,6 +185,14 @@ class ModelInfo:
     input_format: InputFormat = "float32_nchw"
     output: OutputKind = "logits"
     precision: str = "fp32"
+    # Detectors only (``None`` for a classifier): the feature strides (the letterbox side is a multiple
+    # of the largest), anchors (w, h) in input pixels, grouped by stride, the letterbox's pad grey, the
+    # default post-processing (the baked-in one when output="detections") and COCO category ids.
+    strides: tuple[int, ...] | None = None
+    anchors: tuple[tuple[float, float], ...] | None = None
+    pad_value: int | None = None
+    thresholds: Thresholds | None = None
+    category_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not self.model_name:
@@ -179,8 +214,65 @@ class ModelInfo:
         if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int | float) or not 0 < crop <= 1):
             raise ValueError(f"crop_pct {_short(crop)} is invalid: expected a fraction in (0, 1]")
         _one_of("input_format", self.input_format, tuple(INPUT_FORMATS))
-        _one_of("output", self.output, OUTPUT_KINDS)
+        _one_of("output", self.output, TASK_OUTPUTS[self.task])
         _one_of("precision", self.precision, PRECISIONS)
+        if self.task == "detection":
+            self._check_detection()
+        else:
+            given = [f for f in DETECTION_FIELDS if getattr(self, f) is not None]
+            if given or self.resize == "letterbox":
+                raise ValueError(f"{', '.join(given) or 'resize letterbox'}: a detector's field, but task is {self.task!r}")
+
+    def _check_detection(self) -> None:
+        """The detector fields: letterbox rule, strides, anchors, thresholds, category ids."""
+        if self.resize != "letterbox":
+            raise ValueError(f"resize {self.resize!r} is invalid for a detector: it takes 'letterbox'")
+        if self.input_format != "float32_nchw":
+            raise ValueError(f"input_format {self.input_format!r} is invalid for a detector: it takes float32_nchw")
+        pad = self.pad_value
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad <= 255:
+            raise ValueError(f"pad_value {_short(pad)} is invalid: expected a grey level 0..255")
+        if not isinstance(self.thresholds, Thresholds):
+            raise ValueError(f"thresholds {_short(self.thresholds)} is invalid: expected the post-processing thresholds")
+        strides = self.strides
+        if strides is not None:
+            good = isinstance(strides, tuple) and 0 < len(strides) <= 8 and all(
+                isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_IMG_SIZE for s in strides)  # fmt: skip
+            if not good:
+                raise ValueError(f"strides {_short(strides)} is invalid: expected 1 to 8 positive integers")
+            if self.img_size % max(strides):
+                raise ValueError(f"img_size {self.img_size} is invalid for a detector of strides {list(strides)}: "
+                                 f"a multiple of {max(strides)} is needed")  # fmt: skip
+        self._check_anchors()
+        ids = self.category_ids
+        if ids is not None:
+            good = isinstance(ids, tuple) and all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_CATEGORY_ID for i in ids)  # fmt: skip
+            if not good or len(ids) != len(self.class_names) or len(set(ids)) != len(ids):
+                raise ValueError(f"category_ids {_short(ids)} is invalid: expected one distinct id (0..{MAX_CATEGORY_ID}) "
+                                 f"per class ({len(self.class_names)})")  # fmt: skip
+
+    def _check_anchors(self) -> None:
+        anchors = self.anchors
+        if anchors is None:
+            return
+        good = isinstance(anchors, tuple) and 0 < len(anchors) <= MAX_ANCHORS and all(
+            isinstance(a, tuple) and len(a) == 2 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in a)
+            for a in anchors)  # fmt: skip
+        if not good:
+            raise ValueError(f"anchors {_short(anchors)} is invalid: expected (width, height) pairs of positive numbers")
+        if self.strides is not None and len(anchors) % len(self.strides):
+            raise ValueError(f"{len(anchors)} anchors do not split evenly over {len(self.strides)} strides")
+
+    @property
+    def boxes_per_image(self) -> int | None:
+        """A detector's candidate boxes per image (``K`` of its boxes/scores outputs), when its strides
+        and anchors are known."""
+        if self.strides is None or self.anchors is None:
+            return None
+        per_scale = len(self.anchors) // len(self.strides)
+        return per_scale * sum((self.img_size // s) ** 2 for s in self.strides)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -245,6 +337,9 @@ class ModelInfo:
                 f"{source}: its metadata (input_format {self.input_format}) says the input is {self.input_type}, "
                 f"but the graph takes {graph.input_type}: the metadata does not belong to this graph"
             )
+        if self.task == "detection":
+            self._check_detector_graph(graph, source)
+            return
         out = graph.output_dims
         if out is not None and (len(out) != 2 or out[1] not in (None, len(self.class_names))):
             raise ValueError(
@@ -252,8 +347,65 @@ class ModelInfo:
                 "one class name per output is needed (the metadata does not belong to this graph)"
             )
 
+    def detector_output_shapes(self, batch: int | None) -> list[tuple[int | None, ...]]:
+        """The shapes a detector's outputs must have for ``batch`` images (``None``: any size there).
+
+        >>> from cspnet.ops.thresholds import PREDICT
+        >>> info = ModelInfo("d", ("a", "b"), 64, (0.0,) * 3, (1.0,) * 3, task="detection", resize="letterbox",
+        ...                  output="boxes_scores", strides=(16, 32), anchors=((4.0, 4.0),) * 2, pad_value=114,
+        ...                  thresholds=PREDICT)
+        >>> info.detector_output_shapes(1)
+        [(1, 20, 4), (1, 20, 2)]
+        """
+        if self.output == "detections":
+            return [(None, 7)]
+        k = self.boxes_per_image
+        return [(batch, k, 4), (batch, k, len(self.class_names))]
+
+    def _check_detector_graph(self, graph: GraphSignature, source: str) -> None:
+        if graph.outputs is None:
+            return
+        expected = self.detector_output_shapes(None)
+        fits = len(graph.outputs) == len(expected) and all(
+            got is None or (len(got) == len(want) and all(g is None or w is None or g == w for g, w in zip(got, want)))
+            for got, want in zip(graph.outputs, expected))  # fmt: skip
+        if not fits:
+            shown = ", ".join("?" if o is None else _dims(o) for o in graph.outputs)
+            raise ValueError(
+                f"{source}: its metadata (output {self.output}, {len(self.class_names)} classes, img_size {self.img_size}"
+                f"{f', strides {list(self.strides)}' if self.strides else ''}) says the graph outputs "
+                f"{', '.join(_dims(e) for e in expected)}, but it outputs {shown}: the metadata does not belong to this graph"
+            )
+
+    def check_outputs(self, outputs: Sequence[Tensor], batch: int, source: str) -> None:
+        """``ValueError`` unless ``outputs`` (every output of the graph for ``batch`` images) fit this
+        metadata: a classifier's first output as :meth:`check_output` says; a detector's the shapes of
+        :meth:`detector_output_shapes`, scores in [0, 1], class ids of its classes."""
+        if self.task != "detection":
+            self.check_output(outputs[0], source)
+            return
+        expected = self.detector_output_shapes(batch)
+        shapes = [tuple(o.shape) for o in outputs]
+        fits = len(shapes) == len(expected) and all(
+            len(got) == len(want) and all(w is None or g == w for g, w in zip(got, want))
+            for got, want in zip(shapes, expected))  # fmt: skip
+        if not fits:
+            raise ValueError(
+                f"{source}: the graph outputs {', '.join(_dims(s) for s in shapes)} for a batch of {batch}, but its "
+                f"metadata (output {self.output}, {len(self.class_names)} classes, img_size {self.img_size}) says "
+                f"{', '.join(_dims(e) for e in expected)}: the metadata does not belong to this graph"
+            )
+        scores = outputs[1] if self.output == "boxes_scores" else outputs[0][:, 5]
+        labels = outputs[0][:, 6] if self.output == "detections" else None
+        if len(scores.reshape(-1)) and not bool(((scores >= -0.01) & (scores <= 1.01)).all()):
+            raise ValueError(f"{source}: its metadata says output={self.output}, but the graph's scores are not in "
+                             "[0, 1]: the metadata does not belong to this graph")  # fmt: skip
+        if labels is not None and len(labels) and not bool(((labels >= 0) & (labels < len(self.class_names))).all()):
+            raise ValueError(f"{source}: the graph's detections name classes beyond the {len(self.class_names)} of its "
+                             "metadata: the metadata does not belong to this graph")  # fmt: skip
+
     def check_output(self, output: Tensor, source: str) -> None:
-        """``ValueError`` unless ``output`` (the graph's first output for a batch) fits this metadata:
+        """``ValueError`` unless ``output`` (a classifier graph's first output for a batch) fits this metadata:
         one column per class name, and rows that sum to 1 when it says ``output="probabilities"``."""
         if output.dim() != 2 or output.shape[1] != len(self.class_names):
             raise ValueError(
@@ -280,10 +432,17 @@ class ModelInfo:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None:
-                continue  # absent: the default (no crop_pct)
-            out[f.name] = json.dumps(list(value)) if isinstance(value, tuple) else str(value)
+                continue  # absent: the default (no crop_pct, no detector fields)
+            if isinstance(value, Thresholds):
+                out[f.name] = json.dumps(value.kwargs())
+            else:
+                out[f.name] = json.dumps(value) if isinstance(value, tuple) else str(value)
         out["input_description"] = INPUT_FORMATS[self.input_format]
         out["resize_description"] = RESIZE_RULES.get(self.resize, self.resize)
+        if self.task == "detection":
+            out["output_description"] = OUTPUT_DESCRIPTIONS[self.output]
+            if self.strides:
+                out["letterbox_stride"] = str(max(self.strides))  # for readers: derived from strides, not read back
         return out
 
     @classmethod
@@ -310,9 +469,55 @@ class ModelInfo:
                 input_format=_text(metadata, "input_format", "float32_nchw"),  # type: ignore[arg-type]
                 output=_text(metadata, "output", "logits"),  # type: ignore[arg-type]
                 precision=_text(metadata, "precision", "fp32"),
+                **_detector_fields(metadata),
             )
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise ValueError(f"{source} has invalid cspnet metadata: {_one_line(exc)}") from exc
+
+
+def _detector_fields(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The detector fields present in ``metadata``, parsed (checked by :class:`ModelInfo`)."""
+    found: dict[str, Any] = {}
+    if "strides" in metadata:
+        found["strides"] = tuple(_integer_list(metadata, "strides"))
+    if "anchors" in metadata:
+        pairs = _json(metadata, "anchors")
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise ValueError(f"anchors {_short(metadata['anchors'])} is invalid: expected a JSON list of [width, height]")
+        found["anchors"] = tuple((_as_number("anchors", w), _as_number("anchors", h)) for w, h in pairs)
+    if "pad_value" in metadata:
+        found["pad_value"] = _integer(metadata, "pad_value")
+    if "thresholds" in metadata:
+        values = _json(metadata, "thresholds")
+        names = set(PREDICT.kwargs())
+        if not isinstance(values, dict) or set(values) != names:
+            raise ValueError(f"thresholds {_short(metadata['thresholds'])} is invalid: expected a JSON object with "
+                             f"{', '.join(sorted(names))}")  # fmt: skip
+        found["thresholds"] = Thresholds(**values)
+    if "category_ids" in metadata:
+        found["category_ids"] = tuple(_integer_list(metadata, "category_ids"))
+    return found
+
+
+def _json(metadata: Mapping[str, Any], key: str) -> Any:
+    text = _text(metadata, key)
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ValueError(f"{key} {_short(text)} is invalid: expected JSON") from None
+
+
+def _as_number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key}: {_short(value)} is not a number")
+    return float(value)
+
+
+def _integer_list(metadata: Mapping[str, Any], key: str) -> list[int]:
+    values = _json(metadata, key)
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{key} {_short(metadata[key])} is invalid: expected a JSON list of integers")
+    return values
 
 
 def _one_line(exc: BaseException) -> str:
@@ -470,12 +675,16 @@ def read_onnx_info(path: str | os.PathLike[str]) -> ModelInfo:
         input_dims=_value_dims(first_in),
         input_type=_ONNX_TYPES.get(first_in.type.tensor_type.elem_type, f"type {first_in.type.tensor_type.elem_type}"),
         output_dims=_value_dims(first_out),
+        outputs=tuple(_value_dims(o) for o in proto.graph.output),
     )
     metadata = {p.key: p.value for p in proto.metadata_props}
     if "model_name" in metadata:
         info = ModelInfo.from_metadata(metadata, source=str(path))
         info.check_graph(graph, str(path))
         return info
+    names = tuple(o.name for o in proto.graph.output)
+    if names in (("boxes", "scores"), ("detections",)):
+        return _unlabelled_detector(path, proto.graph.name, graph, names)
     dims, out = graph.input_dims or (), graph.output_dims or ()
     if len(dims) != 4 or not dims[2] or dims[2] != dims[3] or not dims[1] or len(out) != 2 or not out[1]:
         raise ValueError(f"{path} has no cspnet metadata and is not a classifier of square images (input {dims})")
@@ -484,4 +693,30 @@ def read_onnx_info(path: str | os.PathLike[str]) -> ModelInfo:
     )
     info = default_info(proto.graph.name or path.stem, out[1], dims[2], in_chans=dims[1])
     info.check_graph(graph, str(path))  # a uint8 or integer input is not what the default assumes
+    return info
+
+
+def _unlabelled_detector(path: Path, name: str, graph: GraphSignature, outputs: tuple[str, ...]) -> ModelInfo:
+    """The contract of a detector file written before detector files carried metadata (``cspnet detect
+    export`` of cspnet 0.1): its outputs named as that exporter names them, the input side and the
+    class count from the graph, pixels in [0, 1] letterboxed on grey 114; a warning says so."""
+    import logging
+
+    dims = graph.input_dims or ()
+    scores = (graph.outputs or ((),))[-1] or ()
+    if len(dims) != 4 or not dims[2] or dims[2] != dims[3] or dims[1] != 3:
+        raise ValueError(f"{path} has no cspnet metadata and is not a detector of square RGB images (input {dims})")
+    if outputs == ("detections",):
+        raise ValueError(f"{path} has no cspnet metadata and NMS inside (its classes and thresholds are unknown): "
+                         "re-export it with `cspnet detect export`")  # fmt: skip
+    if len(scores) != 3 or not scores[2]:
+        raise ValueError(f"{path} has no cspnet metadata and its scores output {scores} names no class count")
+    logging.getLogger(__name__).warning(
+        "%s has no cspnet metadata: assuming a detector of pixels in [0, 1], letterboxed on grey 114, with class "
+        "indices as names (re-export it with `cspnet detect export` to record them)", path
+    )
+    info = ModelInfo(name or path.stem, tuple(str(i) for i in range(scores[2])), dims[2], (0.0,) * 3, (1.0,) * 3,
+                     task="detection", resize="letterbox", output="boxes_scores", pad_value=LEGACY_PAD_VALUE,
+                     thresholds=PREDICT)  # fmt: skip
+    info.check_graph(graph, str(path))
     return info

@@ -46,6 +46,7 @@ class TrainedModel:
     train_config: dict[str, Any] = field(default_factory=dict)
     weights: str = "ema"
     task: str = "classification"
+    category_ids: list[int] | None = None  # detection on COCO data: the category id of each class
 
     def preprocess(self, images_uint8: torch.Tensor) -> torch.Tensor:
         from cspnet.data.transforms import Normalize
@@ -170,6 +171,20 @@ def _classes(ckpt: Mapping[str, Any], where: str) -> list[str]:
     return list(class_names)
 
 
+def _category_ids(ckpt: Mapping[str, Any], num_classes: int, where: str) -> list[int] | None:
+    """The COCO category id of each class, when the run's data had them (``None`` otherwise)."""
+    from cspnet.convert import CheckpointError
+
+    ids = ckpt.get("category_ids")
+    if ids is None:
+        return None
+    if (not isinstance(ids, list | tuple) or len(ids) != num_classes or len(set(ids)) != len(ids)
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)):  # fmt: skip
+        raise CheckpointError(f"{where}: category_ids must hold one distinct non-negative integer per class "
+                              f"({num_classes}), not {str(ids)[:80]}")  # fmt: skip
+    return [int(i) for i in ids]
+
+
 def _rebuild(ckpt: Mapping[str, Any], num_classes: int, where: str) -> nn.Module:
     """The checkpoint's model, freshly initialised, with its recorded overrides."""
     from cspnet.convert import CheckpointError
@@ -218,4 +233,6 @@ def load_trained(path: str | os.PathLike[str], expected_model: str | None = None
     load_weights(model, state, source=where)
     model.eval()
     setattr(model, "name", ckpt["model_name"])  # noqa: B010  (Backbone and Detector both carry their name)
-    return TrainedModel(model, ckpt["model_name"], class_names, img_size, mean, std, config, weights, found_task)
+    category_ids = _category_ids(ckpt, len(class_names), where)
+    return TrainedModel(model, ckpt["model_name"], class_names, img_size, mean, std, config, weights, found_task,
+                        category_ids)  # fmt: skip

@@ -64,6 +64,7 @@ def load_for_cli(source: str | os.PathLike[str], args: argparse.Namespace, **opt
     precision = getattr(args, "precision", "fp32")
     if precision == "bf16":
         warn_if_bf16_is_emulated()
+    options.setdefault("task", "classification")  # a detector goes to `cspnet detect ...`, which says so
     try:
         return load_model(source, args.backend, precision=None if precision == "fp32" else precision, **options)
     except BackendNotInstalledError as exc:

@@ -6,6 +6,7 @@ Examples::
     cspnet benchmark densenet121 --backend torch onnxruntime openvino --precision fp32 int8
     cspnet benchmark densenet201 cspdensenet201 --mode both --img-size 224 --output results.md
     cspnet benchmark cspdensenet201 --mode train --set memory_efficient=True --batch-size 32
+    cspnet benchmark cspresnext50_panet_spp --batch-size 1 --img-size 416 --backend torch openvino --precision fp32 int8
 
 One row per (model, mode, backend, precision), each measured in a fresh Python process by
 :mod:`cspnet.inference.benchmark` (which says how throughput, latency and peak memory are measured).
@@ -19,6 +20,7 @@ on an engine) are skipped with a note. The table is printed once, a row as soon 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -53,6 +55,19 @@ COLUMNS = (
 )
 
 
+DETECTOR_COLUMNS = (
+    ("e2e img/s", "{e2e_img_per_s:.1f}"),
+    ("ms/img: decode, letterbox, model, NMS", "{stages}"),
+)
+
+
+def _stages(result: dict[str, Any]) -> str:
+    stages = result.get("stage_ms")
+    if not stages:
+        return ""
+    return ", ".join(f"{stages[name]:.1f}" for name in ("decode", "letterbox", "model", "postprocess"))
+
+
 def describe_setup(result: dict[str, Any]) -> str:
     if result.get("backend", "torch") != "torch":
         calibration = f", calibrated on {result['calibration_images']} {result['calibration_data']}"
@@ -72,23 +87,32 @@ def describe_setup(result: dict[str, Any]) -> str:
     return ", ".join(parts) or "eager"
 
 
-def _cells(result: dict[str, Any]) -> list[str]:
-    row = {"backend": "torch", **result, "setup": describe_setup(result)}
-    return [fmt.format(**row) for _, fmt in COLUMNS]
+def _columns(detectors: bool) -> tuple[tuple[str, str], ...]:
+    return COLUMNS + DETECTOR_COLUMNS if detectors else COLUMNS
 
 
-def table_header() -> list[str]:
-    """The Markdown header lines (the table is printed a row at a time, as each is measured)."""
-    return markdown_table_lines([c for c, _ in COLUMNS], [])
+def _cells(result: dict[str, Any], detectors: bool = False) -> list[str]:
+    row = {"backend": "torch", **result, "setup": describe_setup(result), "stages": _stages(result)}
+    cells = [fmt.format(**row) for _, fmt in COLUMNS]
+    if detectors:
+        cells += [fmt.format(**row) if "e2e_img_per_s" in row else "" for _, fmt in DETECTOR_COLUMNS]
+    return cells
 
 
-def table_row(result: dict[str, Any]) -> str:
-    return markdown_table_lines([c for c, _ in COLUMNS], [_cells(result)])[-1]
+def table_header(detectors: bool = False) -> list[str]:
+    """The Markdown header lines (the table is printed a row at a time, as each is measured);
+    ``detectors``: with the end-to-end columns."""
+    return markdown_table_lines([c for c, _ in _columns(detectors)], [])
+
+
+def table_row(result: dict[str, Any], detectors: bool = False) -> str:
+    return markdown_table_lines([c for c, _ in _columns(detectors)], [_cells(result, detectors)])[-1]
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    """Results as a GitHub-flavoured markdown table."""
-    return "\n".join([*table_header(), *(table_row(r) for r in results)])
+    """Results as a GitHub-flavoured markdown table (end-to-end columns when a row is a detector's)."""
+    detectors = any("e2e_img_per_s" in r for r in results)
+    return "\n".join([*table_header(detectors), *(table_row(r, detectors) for r in results)])
 
 
 # --- CLI ------------------------------------------------------------------------------------------
@@ -104,7 +128,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Measure img/s, batch latency and peak memory, one row per model, mode, backend and "
         "precision, each in a fresh process.",
     )
-    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names (classifiers and detectors)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--img-size", type=int, default=None, metavar="N", help="default: each model's registered size")
     p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"], metavar="PRECISION",
@@ -126,14 +150,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="compute threads (default: torch's choice; one per physical core for the engines)")
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per measurement")
+    p.add_argument("--weights", metavar="FILE", help="weights any create_model(pretrained=...) reads (darknet "
+                   ".weights, .pth, .safetensors), or a training checkpoint (run with its classes and input size): "
+                   "e.g. a trained detector, whose NMS takes the time a real one takes")
+    p.add_argument("--images", metavar="FOLDER", help="detectors, end to end: the image files to decode and detect "
+                   "in (default: synthetic 640x480 JPEGs)")
     p.add_argument("--output", metavar="FILE.md", help="also write the table (markdown) to this file")
     p.set_defaults(func=run)  # fmt: skip
 
 
 def _skip_reason(spec: Any) -> str | None:
     """Why an engine does not run this combination, or None when it does."""
+    from cspnet.models import get_model_entry
     from cspnet.precision import BACKEND_PRECISIONS as ENGINE_PRECISIONS
 
+    if get_model_entry(spec.model).task == "detection" and (spec.mode != "inference" or spec.jit or spec.compile
+                                                             or not spec.optimize or not spec.channels_last):  # fmt: skip
+        return "detectors: optimized inference through load_model only (no training, --jit, --compile, NCHW)"
     if spec.backend == "torch":
         return "int8 runs on onnxruntime and openvino" if spec.precision == "int8" else None
     if spec.mode != "inference":
@@ -146,14 +179,12 @@ def _skip_reason(spec: Any) -> str | None:
 
 
 def _check_models(names: list[str], overrides: dict[str, Any]) -> None:
-    """Fail fast, in this process, on unknown names, detectors and bad overrides."""
+    """Fail fast, in this process, on unknown names and bad overrides."""
     import torch
 
     from cspnet.models import create_model
-    from cspnet.models.registry import require_classifier
 
     for name in names:
-        require_classifier(name, "cspnet benchmark")
         with torch.device("meta"):
             create_model(name, **overrides)
 
@@ -173,7 +204,7 @@ def _plan(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[list[Any
                         precision=precision, channels_last=args.channels_last, optimize=args.optimize,
                         jit=args.jit, compile=args.compile, overrides=overrides, min_seconds=args.seconds,
                         threads=args.threads, tune_allocator=not args.default_malloc, backend=backend,
-                        calibration_data=args.calibration_data,
+                        calibration_data=args.calibration_data, images=args.images, weights=args.weights,
                     )  # fmt: skip
                     reason = _skip_reason(spec)
                     if reason:
@@ -191,6 +222,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} is invalid: expected a positive integer")
     overrides = parse_overrides(args.overrides)
+    for flag in ("images", "weights"):
+        if getattr(args, flag) is not None and not os.path.exists(getattr(args, flag)):
+            raise FileNotFoundError(f"--{flag} {getattr(args, flag)}: not found")
     _check_models(args.models, overrides)
     check_backends_installed(list(dict.fromkeys(args.backend)))
     if "bf16" in args.precision:
@@ -198,14 +232,18 @@ def run(args: argparse.Namespace) -> int:
     specs, skipped = _plan(args, overrides)
     if not specs:
         raise ValueError(f"nothing to measure: {'; '.join(skipped)}")
-    for line in table_header():
+    from cspnet.models import get_model_entry
+
+    detectors = any(get_model_entry(spec.model).task == "detection" for spec in specs)
+    for line in table_header(detectors):
         print(line, flush=True)
     results = []
     for spec in specs:  # one table, a row as soon as it is measured
         results.append(measure_isolated(spec))
-        print(table_row(results[-1]), flush=True)
+        print(table_row(results[-1], detectors), flush=True)
     if skipped:
         print(f"skipped: {'; '.join(skipped)}", file=sys.stderr)
     if args.output:
-        atomic_write_text(args.output, markdown_table(results) + "\n")
+        atomic_write_text(args.output, "\n".join([*table_header(detectors), *(table_row(r, detectors) for r in results)])
+                          + "\n")
     return 0

@@ -5,6 +5,7 @@ Examples::
     cspnet export cspdarknet53 --format onnx --output cspdarknet53.onnx
     cspnet export cspdensenet121 --checkpoint weights.safetensors --num-classes 10 --format torchscript --output m.pt
     cspnet export --checkpoint runs/exp/last.ckpt --format onnx --output model.onnx   # name read from the checkpoint
+    cspnet export cspdensenet_bc40_efm --format onnx --output det.onnx                  # a detector: `detect export`
 
 The file is run (onnxruntime / ``torch.jit.load``) on a random batch of another size than the export
 batch; the command fails if its outputs differ from PyTorch's by more than ``--tolerance`` relative.
@@ -14,6 +15,10 @@ checked, and moved into place only when it passed (a symlink at ``--output`` is 
 target left alone); a file that failed its check, an interrupted export or a full disk leave
 ``--output`` as it was. A weight file whose classifier does
 not match ``--num-classes`` loads without it, with a warning (the classifier stays random).
+
+A detector (a registered detector, or a ``cspnet detect train`` checkpoint) is exported by
+``cspnet detect export`` with the same file, weights, size, int8 and tolerance options: ONNX with
+its decoding inside and its metadata (``cspnet detect export --help`` for NMS and class names).
 """
 
 from __future__ import annotations
@@ -88,6 +93,41 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[Any, int, Any]:
     return model, img_size, trained
 
 
+def _is_detector(args: argparse.Namespace) -> bool:
+    """Whether the model to export is a detector: a registered one, or a ``detect train`` checkpoint."""
+    from cspnet.models import get_model_entry
+    from cspnet.trained import is_training_checkpoint
+
+    if args.checkpoint and is_training_checkpoint(args.checkpoint):
+        from cspnet.convert import load_torch_file
+
+        ckpt = load_torch_file(args.checkpoint, "training checkpoint")
+        try:  # a checkpoint whose task and model disagree is the checkpoint reader's to report
+            return bool(ckpt.get("task") == "detection" and get_model_entry(ckpt["model_name"]).task == "detection")
+        except ValueError:
+            return False
+    return bool(args.model) and get_model_entry(args.model).task == "detection"
+
+
+def _export_detector(args: argparse.Namespace) -> int:
+    """``cspnet export`` of a detector: ``cspnet detect export`` with the options both commands have."""
+    from cspnet.cli.detect import run_export
+    from cspnet.cli.main import CLIError
+    from cspnet.ops.thresholds import PREDICT
+
+    if args.fmt != "onnx" or args.preprocessing_in_graph or not args.optimize or args.onnx_exporter != "torchscript":
+        raise CLIError("a detector exports to ONNX with its decoding inside and its metadata (`cspnet detect "
+                       "export`): use --format onnx without --preprocessing-in-graph, --no-optimize, --onnx-exporter")
+    detect_args = argparse.Namespace(
+        model=args.model, checkpoint=args.checkpoint, names=None, num_classes=args.num_classes, output=args.output,
+        img_size=args.img_size, nms=False, conf=PREDICT.conf_threshold, iou=PREDICT.iou_threshold,
+        max_detections=PREDICT.max_detections, int8=args.int8, calibration_data=args.calibration_data,
+        calibration_images=args.calibration_images, backend="onnxruntime", precision="fp32", ema=True,
+        tolerance=args.tolerance,
+    )  # fmt: skip
+    return run_export(detect_args)
+
+
 def run(args: argparse.Namespace) -> int:
     from cspnet.cli.main import CLIError
     from cspnet.export import EXPORT_FORMATS, export_model
@@ -95,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.fmt not in EXPORT_FORMATS:
         raise CLIError(f"--format {args.fmt!r} is not supported: expected one of {', '.join(EXPORT_FORMATS)}")
+    if _is_detector(args):
+        return _export_detector(args)
     output = check_output_file(args.output)
     if not args.tolerance >= 0:  # also NaN
         raise CLIError(f"--tolerance {args.tolerance} is invalid: expected a relative difference >= 0")

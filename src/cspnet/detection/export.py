@@ -1,6 +1,10 @@
-"""A detector as ONNX: dynamic batch, box decoding inside, post-processing optional.
+"""A detector as ONNX: dynamic batch, box decoding inside, post-processing optional, metadata, int8.
 
-Inputs ``images``: float ``(N, 3, S, S)`` in [0, 1], letterboxed as in training. Outputs:
+Inputs ``images``: float ``(N, 3, S, S)``, letterboxed and normalised as in training (pixels in
+[0, 1] for the project's runs). The file carries its :class:`~cspnet.metadata.ModelInfo`
+(:func:`detector_info`: classes, input side, letterbox rule, normalisation, strides, anchors,
+whether NMS is inside, default thresholds, COCO category ids), so ``cspnet.inference.load_model``
+runs it with nothing else. Outputs:
 
 * without NMS: ``boxes`` ``(N, K, 4)`` xyxy input pixels and ``scores`` ``(N, K, C)``
   (objectness x class probability), as :meth:`Detector.decode` gives them;
@@ -35,7 +39,9 @@ boxes in onnxruntime (a box whose IoU or score lies within rounding of a thresho
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,10 +49,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cspnet.detection.data.boxes import LETTERBOX_FILL
+from cspnet.metadata import ModelInfo
 from cspnet.models.detectors.model import Detector
 from cspnet.ops.boxes import clip_boxes
 from cspnet.ops.nms import batched_nms
 from cspnet.ops.thresholds import PREDICT, Thresholds
+
+NETWORK_SCOPE = "/detector/"
+"""Node names of the network (backbone, neck, head) in an exported graph start with this."""
 
 
 class _OnnxNms(torch.autograd.Function):
@@ -150,27 +161,73 @@ class ExportableDetector(nn.Module):
         return nms_detections(boxes, scores, image_size, self.limits)
 
 
+def detector_info(
+    detector: Detector, img_size: int, class_names: Sequence[str] | None = None, *, name: str | None = None,
+    mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0), nms: bool = False,
+    thresholds: Thresholds = PREDICT, category_ids: Sequence[int] | None = None,
+) -> ModelInfo:  # fmt: skip
+    """The :class:`~cspnet.metadata.ModelInfo` of ``detector`` at ``img_size``: what its exported file records.
+
+    ``class_names`` default to the class indices; ``mean``/``std`` to pixels in [0, 1] (what ``cspnet
+    detect train`` records); ``nms``: the graph post-processes with ``thresholds`` (else they are the
+    defaults a caller applies); ``category_ids``: the COCO category id of each class.
+
+    >>> from cspnet.models import create_model
+    >>> info = detector_info(create_model("cspdensenet_bc40_efm", num_classes=2), 64, ["cat", "dog"])
+    >>> info.task, info.strides, info.pad_value, info.output, info.boxes_per_image
+    ('detection', (4, 8, 16), 114, 'boxes_scores', 1008)
+    """
+    names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(detector.num_classes))
+    if len(names) != detector.num_classes:
+        raise ValueError(f"{len(names)} class names for a detector of {detector.num_classes} classes")
+    anchors = detector.get_buffer("anchors").reshape(-1, 2).tolist()
+    return ModelInfo(
+        name or detector.name or type(detector).__name__, names, img_size, tuple(float(v) for v in mean),
+        tuple(float(v) for v in std), task="detection", resize="letterbox",
+        output="detections" if nms else "boxes_scores", strides=tuple(int(s) for s in detector.strides),
+        anchors=tuple((float(w), float(h)) for w, h in anchors), pad_value=LETTERBOX_FILL, thresholds=thresholds,
+        category_ids=None if category_ids is None else tuple(int(i) for i in category_ids),
+    )  # fmt: skip
+
+
 @dataclass
 class DetectorExport:
     path: Path
     check_batch: int
     max_rel_diff: float
     outputs: tuple[str, ...]
+    info: ModelInfo | None = None
+    calibration: str = ""  # int8: what it was calibrated on
+    verified: str = ""  # what the caller's check of the written file said (e.g. the mAP int8 costs)
 
     def summary(self) -> str:
-        return (f"wrote {self.path} (ONNX, outputs {', '.join(self.outputs)}, dynamic batch); checked in onnxruntime at "
-                f"batch {self.check_batch}: relative difference {self.max_rel_diff:.3g}")  # fmt: skip
+        precision = f", int8 calibrated on {self.calibration}" if self.calibration else ""
+        diff = "raw maps" if self.calibration else "relative difference"
+        text = (f"wrote {self.path} (ONNX, outputs {', '.join(self.outputs)}, dynamic batch{precision}); checked in "
+                f"onnxruntime at batch {self.check_batch}: {diff} {self.max_rel_diff:.3g}")  # fmt: skip
+        return text + (f"; {self.verified}" if self.verified else "")
 
 
 def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_size: int, nms: bool = False,
                          conf_threshold: float = PREDICT.conf_threshold, iou_threshold: float = PREDICT.iou_threshold,
                          max_detections: int = PREDICT.max_detections, max_candidates: int = PREDICT.max_candidates,
-                         opset: int = 18, tolerance: float | None = None) -> DetectorExport:  # fmt: skip
+                         opset: int = 18, tolerance: float | None = None, *, info: ModelInfo | None = None,
+                         int8_images: Tensor | None = None, calibration: str = "",
+                         verify: Callable[[Path, ModelInfo], str] | None = None) -> DetectorExport:  # fmt: skip
     """Write the ONNX file, then run it in onnxruntime on a batch of another size and compare with PyTorch.
 
     Written through :func:`cspnet.io.write_checked`: a temporary file beside ``path``, moved into
     place once checked, so a full disk or a failed check (``tolerance``: the largest relative
     difference accepted) leaves ``path`` as it was.
+
+    ``info`` (default :func:`detector_info` with class indices) is the file's metadata, with this
+    export's input side, outputs and thresholds (its precision ``"bf16"`` is kept: a file OpenVINO runs in
+    bfloat16 by default); it is read back and checked against the graph.
+    ``int8_images``: decoded, letterboxed ``uint8 (N, 3, S, S)`` images to calibrate a static int8
+    quantisation of the network on (per-channel weights, QDQ; decoding and NMS stay float;
+    ``calibration`` names them); its raw maps are then compared with PyTorch's for the record, not
+    against ``tolerance``. ``verify(tmp, info)``: a further check of the written file by the caller
+    (say, the mAP it reaches), whose line joins the summary; it raises to refuse the file.
 
     The check measures the export, not the conditioning of the network, in two parts (see
     :func:`check_detector_file`): the file's raw prediction maps against PyTorch's, and the file's
@@ -186,38 +243,83 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
     path = Path(path)
     module = ExportableDetector(detector, nms, conf_threshold, iou_threshold, max_detections, max_candidates).eval()
     names = ("detections",) if nms else ("boxes", "scores")
+    file_info = (info or detector_info(detector, img_size)).with_(
+        img_size=img_size, output="detections" if nms else "boxes_scores", thresholds=module.limits)
+    # fp32 weights; "bf16" (a file OpenVINO runs in bfloat16 by default) is kept; int8 when quantised.
+    precision = "int8" if int8_images is not None else file_info.precision if file_info.precision == "bf16" else "fp32"
+    file_info = file_info.with_(precision=precision)
 
     def write(tmp: Path) -> None:
         example = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
         dynamic = {"images": {0: "batch"}, **({"detections": {0: "detections"}} if nms else {n: {0: "batch"} for n in names})}
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer notices about the fixed input size
-            torch.onnx.export(module, (example,), str(tmp), input_names=["images"], output_names=list(names),
-                              dynamic_axes=dynamic, opset_version=opset, dynamo=False)  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="cspnet-export-") as scratch:
+            fp32 = tmp if int8_images is None else Path(scratch) / "fp32.onnx"
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # tracer notices about the fixed input size
+                torch.onnx.export(module, (example,), str(fp32), input_names=["images"], output_names=list(names),
+                                  dynamic_axes=dynamic, opset_version=opset, dynamo=False)  # fmt: skip
+            _write_metadata(fp32, file_info if int8_images is None else file_info.with_(precision="fp32"))
+            if int8_images is not None:
+                quantize_detector(fp32, tmp, file_info.with_(precision="fp32"), int8_images, calibration or "images")
 
     def check(tmp: Path) -> DetectorExport:
+        from cspnet.metadata import read_onnx_info
+
+        read_onnx_info(tmp)  # the metadata as written, read back and checked against the graph
         diff = check_detector_file(tmp, module, img_size, names)
-        if tolerance is not None and not diff <= tolerance:  # also NaN
+        if int8_images is None and tolerance is not None and not diff <= tolerance:  # also NaN
             raise ValueError(f"the exported file does not reproduce PyTorch: relative difference {diff:.3g} exceeds "
                              f"{tolerance:g}; nothing was written to {path}")  # fmt: skip
-        return DetectorExport(path, 2, diff, names)
+        verified = verify(tmp, file_info) if verify is not None else ""
+        return DetectorExport(path, 2, diff, names, file_info, calibration if int8_images is not None else "", verified)
 
     result = write_checked(path, write, check)
     assert result is not None
     return result
 
 
-def _prediction_map_names(proto: Any, levels: int) -> list[str] | None:
-    """The tensors holding the head's raw prediction maps in an exported graph: the output of each
-    level's last convolution (the exporter names nodes by module path), or ``None`` if not found."""
+def quantize_detector(fp32_path: Path, int8_path: Path, info: ModelInfo, images: Tensor, description: str) -> Path:
+    """The int8 version of an exported detector file (:func:`cspnet.export.quantize.quantize_int8`, static,
+    per-channel, calibrated on ``images``: letterboxed ``uint8 (N, 3, S, S)``).
+
+    Only the network is quantised, and not its last layers: box decoding and NMS stay float32 (an
+    8-bit step of a pixel coordinate would move the boxes), and so do the prediction convs, whose
+    outputs are the box and class logits (quantised, they cost 0.014 mAP@.5 of the default digits
+    detector, float they cost nothing: ``docs/detection.md``).
+    """
+    import onnx
+
+    from cspnet.export.quantize import quantize_int8
+
+    proto = onnx.load(str(fp32_path), load_external_data=False)
+    return quantize_int8(fp32_path, int8_path, info, description, images=images, quantize_scopes=(NETWORK_SCOPE,),
+                         float_nodes=[node.name for node in _prediction_convs(proto)])  # fmt: skip
+
+
+def _write_metadata(path: Path, info: ModelInfo) -> None:
+    from cspnet.metadata import write_onnx_metadata
+
+    write_onnx_metadata(path, info.to_metadata())
+
+
+def _prediction_convs(proto: Any, levels: int | None = None) -> list[Any]:
+    """The head's prediction convs in an exported graph, finest level first (the exporter names nodes by
+    module path: the last convolution under each ``/detector/head/levels.<k>/``): ``levels`` of them,
+    or (``None``) every level found."""
     found = []
-    for level in range(levels):
-        scope = f"/detector/head/levels.{level}/"
+    for level in range(levels if levels is not None else 64):
+        scope = f"{NETWORK_SCOPE}head/levels.{level}/"
         convs = [node for node in proto.graph.node if node.op_type == "Conv" and node.name.startswith(scope)]
         if not convs:
-            return None
-        found.append(convs[-1].output[0])
+            break
+        found.append(convs[-1])
     return found
+
+
+def _prediction_map_names(proto: Any, levels: int) -> list[str] | None:
+    """The tensors holding the head's raw prediction maps in an exported graph, or ``None`` if not found."""
+    convs = _prediction_convs(proto, levels)
+    return [conv.output[0] for conv in convs] if len(convs) == levels else None
 
 
 def _difference(expected: Tensor, got: Tensor) -> float:

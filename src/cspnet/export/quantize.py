@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -87,17 +87,26 @@ def quantize_int8(
     calibration_data: str | os.PathLike[str],
     *,
     count: int = DEFAULT_CALIBRATION_IMAGES,
+    images: Tensor | None = None,
+    quantize_scopes: tuple[str, ...] | None = None,
+    float_nodes: Collection[str] = (),
 ) -> Path:
     """Write the int8 (QDQ, per-channel) version of ``fp32_path`` to ``int8_path``; metadata kept.
 
     ``info`` says how to preprocess the calibration images; the written file's metadata is ``info``
-    with ``precision="int8"``.
+    with ``precision="int8"``. ``images``: the decoded ``uint8 (N, C, S, S)`` calibration images,
+    already sized as the model takes them (a detector's letterboxed ones), instead of ``count`` drawn
+    from ``calibration_data`` (then only named in the log). ``quantize_scopes``: when given, only
+    nodes whose names start with one of these prefixes are quantised (a detector's network, not the
+    box decoding and NMS after it, whose pixel coordinates an 8-bit step would move); ``float_nodes``:
+    nodes (by name) that stay float besides (a detector's prediction convs).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    images = sample_images(calibration_data, info.img_size, count)
+    if images is None:
+        images = sample_images(calibration_data, info.img_size, count)
     batches = [info.preprocess(chunk).numpy() for chunk in images.split(CALIBRATION_BATCH)]
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     int8_path = Path(int8_path)
@@ -105,14 +114,23 @@ def quantize_int8(
         # onnxruntime's recommended first step: shape inference and graph clean-up, so every conv gets
         # its own quantisation parameters.
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        except Exception as exc:  # onnxruntime raises a bare Exception for shapes it cannot infer
+            # A detector's decoding (data-dependent shapes) stops the symbolic pass: ONNX's own inference does.
+            log.info("int8: symbolic shape inference failed (%s); using ONNX shape inference", exc)
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         # A batch norm left standing (DenseNet's pre-activation norms, which no conv absorbs) stays in
         # float: its per-channel affine has no int8 kernel and the quantiser cannot give it one.
-        op_types = sorted({node.op_type for node in onnx.load(str(prepared)).graph.node} - FLOAT_OPS)
+        nodes = onnx.load(str(prepared)).graph.node
+        op_types = sorted({node.op_type for node in nodes} - FLOAT_OPS)
+        excluded = [n.name for n in nodes if n.name in float_nodes
+                    or (quantize_scopes is not None and not n.name.startswith(quantize_scopes))]  # fmt: skip
         quantize_static(
             str(prepared), str(int8_path), _calibration_reader(input_name, batches),
             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=op_types,
+            nodes_to_exclude=excluded,
         )  # fmt: skip
     write_onnx_metadata(int8_path, info.with_(precision="int8").to_metadata())
     log.info("int8: calibrated on %d images of %s", len(images), calibration_data)

@@ -21,9 +21,19 @@ under autocast for bf16/fp16. Inference tunes the allocator as ``cspnet predict`
 (:func:`cspnet.runtime.tune_cpu_allocator`) unless ``tune_allocator=False``; training keeps glibc's
 defaults, as ``cspnet train`` does.
 
+A detector's row measures the model alone (network and box decoding, what an exported file holds)
+and, like ``detect()``, end to end on image files (``images``: a folder; default: synthetic
+640x480 JPEGs): each batch's files decoded, letterboxed and normalised, run, post-processed (NMS,
+boxes back on the image), with the median time of each stage per image (``stage_ms``). Randomly
+initialised weights score most boxes high, so their NMS stage is the worst case (``max_candidates``
+boxes); give trained ``weights`` for the time a trained detector's NMS takes.
+
 >>> r = measure(BenchSpec("cspdensenet_bc40", batch_size=1, img_size=16, min_steps=1, min_seconds=0, warmup=0))
 >>> r["img_per_s"] > 0, r["backend"], r["precision"]
 (True, 'torch', 'fp32')
+>>> d = measure(BenchSpec("cspdensenet_bc40_efm", batch_size=1, img_size=64, min_steps=1, min_seconds=0, warmup=0))
+>>> d["e2e_img_per_s"] > 0, sorted(d["stage_ms"])
+(True, ['decode', 'letterbox', 'model', 'postprocess'])
 """
 
 from __future__ import annotations
@@ -65,6 +75,8 @@ class BenchSpec:
     calibration_data: str = "digits"  # int8: images the quantisation ranges come from (speed does not depend on them)
     calibration_images: int = 32
     source: str | None = None  # inference: a file written by `cspnet export` to run instead of building `model`
+    images: str | None = None  # detectors, end to end: a folder of images (default: synthetic 640x480 JPEGs)
+    weights: str | None = None  # any file create_model(pretrained=...) reads; a training checkpoint is run as it is
 
 
 # --- peak memory -----------------------------------------------------------------------------------
@@ -153,6 +165,34 @@ def _uses_inference_model(spec: BenchSpec) -> bool:
     return spec.optimize and spec.channels_last and not spec.jit and not spec.compile and spec.precision != "fp16"
 
 
+def _measure_loaded(spec: BenchSpec, img: int, memory: PeakMemory) -> dict[str, Any]:
+    """A row run as ``cspnet predict`` runs a model: through :func:`load_model` (a detector end to end too)."""
+    import torch
+
+    from cspnet.inference.model import load_model
+    from cspnet.trained import is_training_checkpoint
+
+    source = spec.source or (spec.weights if spec.weights and is_training_checkpoint(spec.weights) else None)
+    # A file or checkpoint brings its own size (unless one is asked for); a registered name is built here.
+    built: dict[str, Any] = {"img_size": spec.img_size} if source else {
+        "img_size": img, "overrides": spec.overrides, "weights": spec.weights}  # fmt: skip
+    loaded = load_model(
+        source or spec.model, spec.backend, precision=spec.precision, batch_size=spec.batch_size,
+        threads=spec.threads, calibration_data=spec.calibration_data, calibration_images=spec.calibration_images,
+        **built,
+    )  # fmt: skip
+    x = torch.randn(spec.batch_size, *loaded.info.input_shape)
+    if spec.backend == "torch":  # the layout the folded model's weights have: no conversion per batch
+        x = x.to(memory_format=torch.channels_last)
+    threads = getattr(loaded.engine, "threads", None) or torch.get_num_threads()
+    memory.start()
+    times = _timed_steps(lambda: loaded(x), spec)
+    result = _result(spec, loaded.info.img_size, times, memory, threads, getattr(loaded.engine, "setup", ""))
+    if loaded.info.task == "detection":
+        result.update(_end_to_end(loaded, spec))
+    return result
+
+
 def measure(spec: BenchSpec) -> dict[str, Any]:
     """Run ``spec`` in this process and return its numbers (see :func:`measure_isolated`)."""
     import torch
@@ -172,27 +212,11 @@ def measure(spec: BenchSpec) -> dict[str, Any]:
     threads, engine_setup = torch.get_num_threads(), ""
 
     if spec.mode == "inference" and _uses_inference_model(spec):
-        from cspnet.inference.model import load_model
-
-        built = {} if spec.source else {"img_size": img, "overrides": spec.overrides}
-        loaded = load_model(
-            spec.source or spec.model, spec.backend, precision=spec.precision, batch_size=spec.batch_size,
-            threads=spec.threads, calibration_data=spec.calibration_data, calibration_images=spec.calibration_images,
-            **built,  # type: ignore[arg-type]
-        )  # fmt: skip
-        img = loaded.info.img_size
-        x = torch.randn(spec.batch_size, *loaded.info.input_shape)
-        if spec.backend == "torch":  # the layout the folded model's weights have: no conversion per batch
-            x = x.to(memory_format=torch.channels_last)
-        threads = getattr(loaded.engine, "threads", None) or torch.get_num_threads()
-        engine_setup = getattr(loaded.engine, "setup", "")
-        memory.start()
-        times = _timed_steps(lambda: loaded(x), spec)
-        return _result(spec, img, times, memory, threads, engine_setup)
+        return _measure_loaded(spec, img, memory)
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.precision]
     # Any: nn.Module.to's stubs lack memory_format, and jit/compile turn the module into other callables.
-    model: Any = create_model(spec.model, **spec.overrides)
+    model: Any = create_model(spec.model, pretrained=spec.weights or False, **spec.overrides)
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     x = torch.randn(spec.batch_size, 3, img, img).to(memory_format=memory_format)
 
@@ -232,6 +256,69 @@ def measure(spec: BenchSpec) -> dict[str, Any]:
         memory.start()
         times = _timed_steps(train_step, spec)
     return _result(spec, img, times, memory, threads, engine_setup)
+
+
+DETECTION_STAGES = ("decode", "letterbox", "model", "postprocess")
+SYNTHETIC_IMAGES = 8  # 640x480 JPEGs, seeded: a camera frame's size and a photo's entropy
+
+
+def _synthetic_images(folder: str) -> list[str]:
+    """Seeded 640x480 JPEGs of smooth noise (a photo-like decode cost) in ``folder``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(SYNTHETIC_IMAGES):
+        coarse = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((640, 480), Image.Resampling.BICUBIC)
+        paths.append(os.path.join(folder, f"synthetic{i}.jpg"))
+        image.save(paths[-1], quality=90)
+    return paths
+
+
+def _end_to_end(model: Any, spec: BenchSpec) -> dict[str, Any]:
+    """A detector run as ``detect()`` runs it, on image files: images per second and the median time of each
+    stage per image (decode, letterbox + normalise, model, post-processing + boxes back on the image)."""
+    import tempfile
+
+    from cspnet.detection.sources import collect_sources
+    from cspnet.inference.detection import as_image
+
+    with tempfile.TemporaryDirectory(prefix="cspnet-bench-") as folder:
+        files = ([str(s.path) for s in collect_sources([spec.images]) if s.kind == "image"] if spec.images
+                 else _synthetic_images(folder))  # fmt: skip
+        if not files:
+            raise ValueError(f"{spec.images}: no images to measure end to end on")
+        limits = model.thresholds()
+        stages: dict[str, list[float]] = {name: [] for name in DETECTION_STAGES}
+        position = 0
+
+        def step() -> None:
+            nonlocal position
+            batch = [files[(position + i) % len(files)] for i in range(spec.batch_size)]
+            position += spec.batch_size
+            t0 = time.perf_counter()
+            images = [as_image(path) for path in batch]
+            t1 = time.perf_counter()
+            letterboxed, boxes = model.letterbox(images)
+            inputs = model.preprocess(letterboxed)
+            t2 = time.perf_counter()
+            outputs = model.outputs(inputs)
+            t3 = time.perf_counter()
+            for found, lb in zip(model.postprocess(outputs, tuple(letterboxed.shape), limits), boxes):
+                model.on_image(found, lb)
+            t4 = time.perf_counter()
+            for name, start, end in zip(DETECTION_STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4)):
+                stages[name].append((end - start) / spec.batch_size)
+
+        times = _timed_steps(step, spec)
+    warm = spec.warmup  # the warm-up steps are timed by the stages too: leave them out
+    return {
+        "e2e_img_per_s": spec.batch_size / statistics.median(times.wall),
+        "stage_ms": {name: 1e3 * statistics.median(values[warm:] or values) for name, values in stages.items()},
+        "e2e_images": "synthetic 640x480 JPEG" if not spec.images else spec.images,
+    }
 
 
 def _result(

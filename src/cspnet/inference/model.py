@@ -5,6 +5,10 @@
 >>> model = load_model("cspdensenet_bc40", num_classes=3, img_size=32)
 >>> model.backend, model.info.input_shape, tuple(model(torch.randn(2, 3, 32, 32)).shape)
 ('torch', (3, 32, 32), (2, 3))
+
+A detector (a registered name, a ``cspnet detect train`` checkpoint, an exported detector file)
+comes back as a :class:`~cspnet.inference.detection.DetectionModel`, whose ``detect(images)``
+returns boxes on the user's images.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ import logging
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from cspnet.inference.base import Engine, InferenceModel
 from cspnet.inference.engines import (
     OnnxRuntimeEngine,
     OpenVinoEngine,
@@ -41,82 +46,6 @@ from cspnet.precision import BACKEND_PRECISIONS, BACKENDS
 log = logging.getLogger(__name__)
 
 ONNX_SUFFIXES = (".onnx",)
-
-
-class Engine(Protocol):
-    backend: str
-
-    def run(self, batch: Tensor) -> list[Tensor]: ...
-
-
-class InferenceModel:
-    """A model ready for inference: its :class:`ModelInfo` and an engine that runs batches.
-
-    ``model(batch)`` returns the first output (a classifier's logits, or probabilities when the
-    file was exported with the preprocessing in the graph) as a float32 tensor; :meth:`outputs`
-    returns every output, which is what a detector's decoding will read. :meth:`preprocess` turns
-    decoded ``uint8 (N, C, H, W)`` images into the batch this model takes, so
-    ``model.probabilities(model.preprocess(images))`` is right for every kind of file.
-    """
-
-    def __init__(self, engine: Engine, info: ModelInfo, *, resources: list[Any] | None = None) -> None:
-        self.engine, self.info = engine, info
-        # Set when the source was a `cspnet train` checkpoint: its TrainedModel (train_config: the
-        # run's data and settings, weights: "ema" or "raw"), for commands that evaluate on the run's data.
-        self.trained: Any = None
-        # Kept alive with the model: e.g. the temporary folder of the ONNX file an engine compiled.
-        self._resources = resources or []
-
-    @property
-    def backend(self) -> str:
-        return self.engine.backend
-
-    @property
-    def precision(self) -> str:
-        return self.info.precision
-
-    def __repr__(self) -> str:
-        return f"InferenceModel({self.info.model_name!r}, backend={self.backend!r}, precision={self.precision!r})"
-
-    def preprocess(self, images_uint8: Tensor) -> Tensor:
-        return self.info.preprocess(images_uint8)
-
-    def check_input(self, batch: Tensor) -> Tensor:
-        """``batch`` as the engine takes it, else ``ValueError`` saying what the model takes.
-
-        A float model accepts any floating dtype (float64 from NumPy, bf16, fp16), cast to float32
-        here so that every engine takes the same inputs; a uint8 model takes uint8 pixels only.
-        """
-        expected = self.info.input_shape
-        uint8 = self.info.input_format == "uint8_nhwc"
-        layout = "uint8 (N, H, W, C) pixels" if uint8 else "float (N, C, H, W), normalised"
-        if batch.dim() != 4 or tuple(batch.shape[1:]) != expected:
-            raise ValueError(
-                f"input batch of shape {tuple(batch.shape)} does not fit {self.info.model_name}: it takes "
-                f"{layout} of shape (N, {', '.join(map(str, expected))}) (img_size {self.info.img_size})"
-            )
-        if uint8 != (batch.dtype == torch.uint8) or not (uint8 or batch.is_floating_point()):
-            raise ValueError(f"input batch is {batch.dtype}; {self.info.model_name} takes {layout}")
-        return batch if uint8 else batch.float()
-
-    def outputs(self, batch: Tensor | np.ndarray) -> list[Tensor]:
-        """Every output of the model for ``batch`` (float32 tensors, batch first)."""
-        if isinstance(batch, np.ndarray):
-            batch = torch.from_numpy(batch)
-        return self.engine.run(self.check_input(batch))
-
-    def __call__(self, batch: Tensor | np.ndarray) -> Tensor:
-        return self.outputs(batch)[0]
-
-    def logits(self, batch: Tensor | np.ndarray) -> Tensor:
-        """Logits, or log-probabilities for a file that outputs probabilities: equal up to a constant
-        per image, so softmax, top-k and cross-entropy are the same for both."""
-        out = self(batch)
-        return out.clamp_min(torch.finfo(out.dtype).tiny).log() if self.info.output == "probabilities" else out
-
-    def probabilities(self, batch: Tensor | np.ndarray) -> Tensor:
-        out = self(batch)
-        return out if self.info.output == "probabilities" else out.softmax(dim=1)
 
 
 # --- what a source is ------------------------------------------------------------------------------
@@ -156,7 +85,7 @@ def _checked_against_graph(model: InferenceModel, source: Path) -> InferenceMode
     info = model.info
     probe = torch.zeros(1, *info.input_shape, dtype=torch.uint8 if info.input_type == "uint8" else torch.float32)
     try:
-        first = model.engine.run(probe)[0]
+        outputs = model.engine.run(probe)
     except MemoryError:
         raise
     except Exception as exc:  # the engine's own error types (onnxruntime, OpenVINO, TorchScript)
@@ -164,48 +93,111 @@ def _checked_against_graph(model: InferenceModel, source: Path) -> InferenceMode
             f"{source}: the graph does not run on the input its metadata describes ({info.input_type} "
             f"(1, {', '.join(map(str, info.input_shape))})): {engine_message(exc)}"
         ) from exc
-    info.check_output(first, str(source))
+    info.check_outputs(outputs, 1, str(source))
     return model
+
+
+def _model_for(engine: Engine, info: ModelInfo, resources: list[Any] | None = None, batch_size: int = 1) -> InferenceModel:
+    """The loaded model for ``info``'s task: a :class:`DetectionModel` for a detector."""
+    if info.task != "detection":
+        return InferenceModel(engine, info, resources=resources)
+    from cspnet.inference.detection import DetectionModel
+
+    model = DetectionModel(engine, info, resources=resources)
+    model.batch_size = batch_size
+    return model
+
+
+@dataclass
+class _Built:
+    """A PyTorch model to run, its contract, and the training run it came from (``None``: a registered name)."""
+
+    model: nn.Module
+    info: ModelInfo
+    trained: Any = None
 
 
 def _torch_source(
     source: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None, num_classes: int | None,
     img_size: int | None, overrides: Mapping[str, Any], ema: bool, expected_model: str | None,
-) -> tuple[nn.Module, ModelInfo, Any]:  # fmt: skip
-    """A registered name (with optional weights) or a ``cspnet train`` checkpoint -> model, info and the
-    :class:`~cspnet.trained.TrainedModel` (``None`` for a registered name)."""
-    from cspnet.models import create_model, get_model_entry
+    class_names: Sequence[str] | str | None, task: str | None = None,
+) -> _Built:  # fmt: skip
+    """A registered name (with optional weights) or a training checkpoint (of ``task``, when given)."""
     from cspnet.trained import is_training_checkpoint, load_trained
 
     path = Path(source)
-    if path.is_file() or path.suffix or os.sep in str(source):
-        if path.is_file() and not is_training_checkpoint(path):
-            from cspnet.convert import load_torch_file
+    if not (path.is_file() or path.suffix or os.sep in str(source)):
+        return _registered(str(source), weights=weights, num_classes=num_classes, img_size=img_size,
+                           overrides=overrides, expected_model=expected_model, class_names=class_names)  # fmt: skip
+    if path.is_file() and not is_training_checkpoint(path):
+        from cspnet.convert import load_torch_file
 
-            if path.suffix.lower() not in (".safetensors", ".weights"):
-                load_torch_file(path, "checkpoint")  # empty, truncated, refused: says which, in one line
-            raise ValueError(
-                f"{path} is not a `cspnet train` checkpoint, an .onnx file or a TorchScript archive (for other "
-                "weight files pass the model name and weights=FILE)"
-            )
-        trained = load_trained(path, expected_model=expected_model, ema=ema, task="classification")  # a missing file: CheckpointError
-        if num_classes is not None and num_classes != len(trained.class_names):
-            raise ValueError(f"num_classes {num_classes} contradicts the checkpoint's {len(trained.class_names)} classes")
-        from cspnet.data.transforms import run_crop_pct
+        if path.suffix.lower() not in (".safetensors", ".weights"):
+            load_torch_file(path, "checkpoint")  # empty, truncated, refused: says which, in one line
+        raise ValueError(
+            f"{path} is not a `cspnet train` checkpoint, an .onnx file or a TorchScript archive (nor a `cspnet detect "
+            "train` checkpoint; for other weight files pass the model name and weights=FILE)"
+        )
+    trained = load_trained(path, expected_model=expected_model, ema=ema, task=task)  # a missing file: CheckpointError
+    if num_classes is not None and num_classes != len(trained.class_names):
+        raise ValueError(f"num_classes {num_classes} contradicts the checkpoint's {len(trained.class_names)} classes")
+    if class_names is not None:
+        raise ValueError(f"{path} names its own classes: class_names is for a registered model with weights")
+    size = img_size or trained.img_size
+    if trained.task == "detection":
+        from cspnet.detection.export import detector_info
 
-        info = ModelInfo(
-            trained.name, tuple(trained.class_names), img_size or trained.img_size,
-            tuple(float(v) for v in trained.mean), tuple(float(v) for v in trained.std),
-            **ModelInfo.resize_fields(run_crop_pct(trained.train_config)),  # type: ignore[arg-type]
-        )  # fmt: skip
-        return trained.model, info, trained
-    name = str(source)
+        check_img_size(size, trained.model, what="img_size")
+        info = detector_info(trained.model, size, trained.class_names, name=trained.name, mean=trained.mean,  # type: ignore[arg-type]
+                             std=trained.std, category_ids=trained.category_ids)  # fmt: skip
+        return _Built(trained.model, info, trained)
+    from cspnet.data.transforms import run_crop_pct
+
+    info = ModelInfo(
+        trained.name, tuple(trained.class_names), size, tuple(float(v) for v in trained.mean),
+        tuple(float(v) for v in trained.std),
+        **ModelInfo.resize_fields(run_crop_pct(trained.train_config)),  # type: ignore[arg-type]
+    )  # fmt: skip
+    return _Built(trained.model, info, trained)
+
+
+def _registered(
+    name: str, *, weights: str | os.PathLike[str] | None, num_classes: int | None, img_size: int | None,
+    overrides: Mapping[str, Any], expected_model: str | None, class_names: Sequence[str] | str | None,
+) -> _Built:  # fmt: skip
+    """A registered model, with ``weights`` (any file ``create_model(pretrained=...)`` reads) if given."""
+    from cspnet.models import create_model, get_model_entry
+
     entry = get_model_entry(name)
     if expected_model and expected_model != name:
         raise ValueError(f"model {name!r} is not {expected_model!r}")
-    classes = 1000 if num_classes is None else num_classes
+    names, category_ids = _class_names(class_names, num_classes)
+    classes = len(names) if names is not None else num_classes if num_classes is not None else entry.num_classes
     model = create_model(name, pretrained=weights or False, num_classes=classes, **dict(overrides))
-    return model, default_info(name, classes, img_size or entry.input_size[-1], in_chans=entry.input_size[0]), None
+    size = img_size or entry.input_size[-1]
+    if entry.task == "detection":
+        from cspnet.detection.export import detector_info
+
+        check_img_size(size, model, what="img_size")
+        model.name = name  # type: ignore[assignment]
+        return _Built(model, detector_info(model, size, names, name=name, category_ids=category_ids))  # type: ignore[arg-type]
+    return _Built(model, default_info(name, classes, size, class_names=names, in_chans=entry.input_size[0]))
+
+
+def _class_names(class_names: Sequence[str] | str | None, num_classes: int | None,
+                 ) -> tuple[tuple[str, ...] | None, tuple[int, ...] | None]:  # fmt: skip
+    """Names given for a registered model (a list, ``"coco"`` or a names file) and their COCO ids."""
+    if class_names is None:
+        return None, None
+    if isinstance(class_names, str | os.PathLike):
+        from cspnet.detection.coco import class_names_from
+
+        names, ids = class_names_from(class_names)
+    else:
+        names, ids = tuple(class_names), None
+    if num_classes is not None and num_classes != len(names):
+        raise ValueError(f"num_classes {num_classes} contradicts the {len(names)} class names given")
+    return names, ids
 
 
 def _check_precision(backend: str, precision: str) -> None:
@@ -229,6 +221,8 @@ def load_model(
     expected_model: str | None = None,
     calibration_data: str | os.PathLike[str] | None = None,
     calibration_images: int | None = None,
+    class_names: Sequence[str] | str | None = None,
+    task: str | None = None,
 ) -> InferenceModel:
     """Load ``source`` for inference on ``backend`` (``"torch"``, ``"onnxruntime"`` or ``"openvino"``).
 
@@ -240,33 +234,56 @@ def load_model(
 
     ``precision``: ``None`` runs what the source holds (fp32, or the precision of an int8 file);
     ``"bf16"`` (torch, openvino) computes in bfloat16; ``"int8"`` (onnxruntime, openvino) quantises
-    a PyTorch model or an fp32 ONNX file on ``calibration_data`` (``"digits"`` or an image folder).
+    a PyTorch model or an fp32 ONNX file on ``calibration_data`` (``"digits"`` or an image folder;
+    for a detector also a COCO ``.json`` or YOLO ``data.yaml``, see :mod:`cspnet.detection.calibration`).
     ``batch_size`` is the batch the caller expects: OpenVINO compiles for latency at 1 and for
-    throughput above. ``threads``: compute threads (default: one per physical core for the
-    engines, torch's own choice for torch).
+    throughput above (a detector's ``detect`` runs that many images at a time). ``threads``:
+    compute threads (default: one per physical core for the engines, torch's own choice for torch).
+    ``class_names`` (a registered model only): a list, ``"coco"`` (COCO's 80, with their category
+    ids) or a file with one name per line; they set the number of classes. ``task``
+    (``"classification"``, ``"detection"``): the task the caller handles; a source of the other is
+    refused in one line naming the commands for it.
+
+    A detector is a :class:`~cspnet.inference.detection.DetectionModel` (``detect(images)``); on
+    ``"torch"`` its network runs folded in ``precision`` and its box decoding in float32; on the
+    engines, the file's graph (decoding inside, NMS if it was exported with it).
 
     Raises ``ValueError`` (or ``CheckpointError``, ``FileNotFoundError``) with one line for a source
     that is not a model, and :class:`BackendNotInstalledError` naming the extra for a missing engine.
     """
     _check_options(backend, batch_size, img_size)
     path = Path(source)
+    if class_names is not None and (path.suffix.lower() in ONNX_SUFFIXES or path.is_file()):
+        raise ValueError(f"{path} names its own classes: class_names is for a registered model with weights")
     if path.suffix.lower() in ONNX_SUFFIXES:
         info = _onnx_file_info(path, backend, img_size, expected_model)
+        _check_task(info, task, path)
         loaded = _onnx_model(path, info, backend, precision, batch_size=batch_size, threads=threads,
                              calibration_data=calibration_data, calibration_images=calibration_images)  # fmt: skip
         return _checked_against_graph(loaded, path)
     if path.is_file() and _is_torchscript(path):
         if backend != "torch":
             raise ValueError(f"{path} is TorchScript, which runs on backend 'torch'; export ONNX for {backend}")
-        return _checked_against_graph(_torchscript_model(path, precision, img_size, threads), path)
-    model, info, trained = _torch_source(
+        loaded = _torchscript_model(path, precision, img_size, threads)
+        _check_task(loaded.info, task, path)
+        return _checked_against_graph(loaded, path)
+    built = _torch_source(
         source, weights=weights, num_classes=num_classes, img_size=img_size, overrides=overrides or {}, ema=ema,
-        expected_model=expected_model,
+        expected_model=expected_model, class_names=class_names, task=task,
     )  # fmt: skip
-    loaded = _pytorch_model(model, info, backend, precision, batch_size=batch_size, threads=threads,
+    _check_task(built.info, task, source)
+    loaded = _pytorch_model(built.model, built.info, backend, precision, batch_size=batch_size, threads=threads,
                             calibration_data=calibration_data, calibration_images=calibration_images)  # fmt: skip
-    loaded.trained = trained
+    loaded.trained = built.trained
     return loaded
+
+
+_COMMANDS = {"classification": "cspnet predict / eval / export", "detection": "cspnet detect predict / val / export"}
+
+
+def _check_task(info: ModelInfo, task: str | None, source: str | os.PathLike[str]) -> None:
+    if task is not None and info.task != task:
+        raise ValueError(f"{source} holds a {info.task} model ({info.model_name}): use {_COMMANDS[info.task]}")
 
 
 def _check_options(backend: str, batch_size: int, img_size: int | None) -> None:
@@ -298,7 +315,7 @@ def _torchscript_model(path: Path, precision: str | None, img_size: int | None, 
     _check_size(info, img_size, path)
     if (precision or info.precision) != info.precision:
         raise ValueError(f"{path} holds {info.precision} weights; re-export it for {precision}")
-    return InferenceModel(TorchEngine(module, channels_last=False, threads=threads), info)
+    return _model_for(TorchEngine(module, channels_last=False, threads=threads), info)
 
 
 def _pytorch_model(
@@ -306,22 +323,38 @@ def _pytorch_model(
     threads: int | None, calibration_data: str | os.PathLike[str] | None, calibration_images: int | None,
 ) -> InferenceModel:  # fmt: skip
     """A PyTorch model on ``backend``: folded in place (torch), or through an ONNX export made here."""
-    from cspnet.export import optimize_for_inference
-    from cspnet.export.formats import export_onnx
-
     want = precision or "fp32"
     _check_precision(backend, want)
     if backend == "torch":
         dtype = torch.bfloat16 if want == "bf16" else torch.float32
-        return InferenceModel(TorchEngine.from_model(model, dtype, threads=threads), info.with_(precision=want))
+        if info.task == "detection":
+            from cspnet.inference.detection import torch_detector_engine
+
+            engine: Engine = torch_detector_engine(model, dtype, threads=threads)
+        else:
+            engine = TorchEngine.from_model(model, dtype, threads=threads)
+        return _model_for(engine, info.with_(precision=want), batch_size=batch_size)
     folder = tempfile.TemporaryDirectory(prefix="cspnet-")
     onnx_path = Path(folder.name) / f"{info.model_name}.onnx"
-    example = torch.zeros(2, info.in_chans, info.img_size, info.img_size)
-    export_onnx(optimize_for_inference(model, channels_last=False), onnx_path, example, metadata=info.to_metadata())
+    _export_for_engine(model, info, onnx_path)
     loaded = _onnx_model(onnx_path, info, backend, precision, batch_size=batch_size, threads=threads,
                          calibration_data=calibration_data, calibration_images=calibration_images)  # fmt: skip
     loaded._resources.append(folder)
     return loaded
+
+
+def _export_for_engine(model: nn.Module, info: ModelInfo, path: Path) -> None:
+    """The ONNX file an engine runs a PyTorch model from (a detector's: decoding inside, no NMS)."""
+    if info.task == "detection":
+        from cspnet.detection.export import export_detector_onnx
+
+        export_detector_onnx(model, path, info.img_size, info=info)  # type: ignore[arg-type]
+        return
+    from cspnet.export import optimize_for_inference
+    from cspnet.export.formats import export_onnx
+
+    example = torch.zeros(2, info.in_chans, info.img_size, info.img_size)
+    export_onnx(optimize_for_inference(model, channels_last=False), path, example, metadata=info.to_metadata())
 
 
 def _check_size(info: ModelInfo, img_size: int | None, path: Path) -> None:
@@ -335,23 +368,36 @@ def _onnx_model(
 ) -> InferenceModel:  # fmt: skip
     """An ONNX file on onnxruntime or OpenVINO; quantised to int8 first when asked for."""
     want = precision or info.precision
+    if precision is None and info.precision == "bf16" and "bf16" not in BACKEND_PRECISIONS[backend]:
+        want = "fp32"  # a file exported for bf16 (OpenVINO) holds fp32 weights: other engines run them as they are
     _check_precision(backend, want)
     folder = None
     if want == "int8" and info.precision != "int8":
         if calibration_data is None:
             raise ValueError("int8 needs calibration images: pass calibration_data ('digits' or an image folder)")
-        from cspnet.export.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
-
         folder = tempfile.TemporaryDirectory(prefix="cspnet-int8-")
-        path = quantize_int8(path, Path(folder.name) / "int8.onnx", info, calibration_data,
-                             count=calibration_images or DEFAULT_CALIBRATION_IMAGES)  # fmt: skip
+        path = _quantized(path, Path(folder.name) / "int8.onnx", info, calibration_data, calibration_images)
         info = info.with_(precision="int8")
-    elif want != info.precision and not (want == "bf16" and info.precision == "fp32"):
+    elif want != info.precision and {want, info.precision} != {"fp32", "bf16"}:  # bf16 is a compute choice
         raise ValueError(f"{path} holds a {info.precision} model; it cannot run as {want}")
     engine: Engine
     if backend == "onnxruntime":
         engine = OnnxRuntimeEngine(path, threads=threads)
     else:
         engine = OpenVinoEngine(path, batch_size=batch_size, threads=threads, precision=want)
-        info = info.with_(precision=want)
-    return InferenceModel(engine, info, resources=[folder] if folder else None)
+    return _model_for(engine, info.with_(precision=want), [folder] if folder else None, batch_size)
+
+
+def _quantized(path: Path, target: Path, info: ModelInfo, data: str | os.PathLike[str], count: int | None) -> Path:
+    """The int8 version of the fp32 ONNX file ``path``, calibrated on ``data`` (a detector: letterboxed
+    images, its network quantised and its decoding left in float)."""
+    from cspnet.export.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
+
+    count = count or DEFAULT_CALIBRATION_IMAGES
+    if info.task != "detection":
+        return quantize_int8(path, target, info, data, count=count)
+    from cspnet.detection.calibration import calibration_split
+    from cspnet.detection.export import quantize_detector
+
+    split = calibration_split(data, info.img_size, count, pad_value=info.pad_value, held_out=False)
+    return quantize_detector(path, target, info, split.images, split.description)

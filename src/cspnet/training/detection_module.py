@@ -99,6 +99,11 @@ class DetectorModule(ResumableModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["cspnet_coco"] = self.coco
+        # COCO data: the category id of each class, so that predictions are written with the data's own ids.
+        train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
+        category_ids = getattr(train_set, "category_ids", None)
+        if category_ids is not None:
+            checkpoint["category_ids"] = [int(i) for i in category_ids]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)

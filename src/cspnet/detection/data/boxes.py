@@ -115,15 +115,15 @@ class Letterbox:
 LETTERBOX_FILL = 114  # the grey of the padding (YOLO's convention)
 
 
-def letterbox_image(image: object, size: int) -> tuple[Tensor, Letterbox]:
-    """A PIL image -> ``uint8 (3, size, size)`` with the image resized (bilinear) and centred on grey."""
+def letterbox_image(image: object, size: int, fill: int = LETTERBOX_FILL) -> tuple[Tensor, Letterbox]:
+    """A PIL image -> ``uint8 (3, size, size)`` with the image resized (bilinear) and centred on grey ``fill``."""
     import numpy as np
     from PIL import Image
 
     assert isinstance(image, Image.Image)
     lb = Letterbox.fit(image.width, image.height, size)
     resized = image.convert("RGB").resize(lb.resized, Image.Resampling.BILINEAR)
-    canvas = torch.full((3, size, size), LETTERBOX_FILL, dtype=torch.uint8)
+    canvas = torch.full((3, size, size), fill, dtype=torch.uint8)
     array = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
     canvas[:, lb.pad_y : lb.pad_y + lb.resized[1], lb.pad_x : lb.pad_x + lb.resized[0]] = array
     return canvas, lb

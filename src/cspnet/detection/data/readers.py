@@ -91,6 +91,7 @@ class DetectionSource:
     classes: list[str]
     origin: str  # the file they came from, for messages
     looked_in: str = ""  # where the boxes were looked for, for "no boxes" messages
+    category_ids: list[int] | None = None  # COCO: the category id of each class (results.json names them)
 
     @property
     def box_count(self) -> int:
@@ -386,7 +387,7 @@ def read_coco(path: str | os.PathLike[str], images: str | os.PathLike[str] | Non
     if message:
         _warn(message)
     looked_in = f"the 'annotations' of {path}: {len(data['annotations'])} annotation(s), {crowds} of them crowd"
-    return DetectionSource(records, [name for _, name in categories], str(path), looked_in)
+    return DetectionSource(records, [name for _, name in categories], str(path), looked_in, [cid for cid, _ in categories])
 
 
 # -- YOLO ------------------------------------------------------------------------------------------
@@ -628,6 +629,7 @@ class DetectionImages(Dataset):
     An image that cannot be decoded is replaced by the next one that can and named in a warning
     with a running count, as a classification folder does (``undecodable``: path -> why);
     :meth:`load` returns ``None`` for it instead (for evaluation, which leaves it out).
+    ``category_ids``: the COCO category id of each class when the source has them (else ``None``).
     """
 
     def __init__(self, source: DetectionSource, size: int, classes: Sequence[str] | None = None) -> None:
@@ -637,6 +639,8 @@ class DetectionImages(Dataset):
             raise ValueError(f"{source.origin}: its classes {source.classes[:5]} differ from the training data's "
                              f"{self.classes[:5]}")  # fmt: skip
         self.undecodable: dict[Path, str] = {}  # filled lazily, per process
+        same = source.category_ids is not None and len(source.category_ids) == len(self.classes)
+        self.category_ids = list(source.category_ids) if same and source.category_ids is not None else None
 
     def __len__(self) -> int:
         return len(self.records)
