@@ -316,17 +316,17 @@ def _warn(path: Path, message: str) -> None:
 def write_layer(layer: DarknetConv) -> Iterator[Tensor]:
     """:func:`read_layer` backwards: the float32 arrays of ``layer`` in file order."""
     conv, bn = layer.module.conv, layer.module.bn
-    if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or bn.running_mean is None:
-        raise CheckpointError(f"darknet .weights cannot describe {layer.name}: its norm is not a batch norm")
+    stats = (bn.bias, bn.weight, bn.running_mean, bn.running_var)  # biases, scales, mean, var
+    if not isinstance(bn, nn.BatchNorm2d) or any(t is None for t in stats):
+        raise CheckpointError(f"darknet .weights cannot describe {layer.name}: its norm is not an affine batch norm")
     weight = conv.weight.detach()
     if layer.rotate_in:  # ours [bypass, T] -> darknet's [T, bypass]
         cut = weight.shape[1] - layer.rotate_in
         weight = torch.cat([weight[:, cut:], weight[:, :cut]], dim=1)
-    stats = (bn.bias, bn.weight, bn.running_mean, bn.running_var)  # biases, scales, mean, var
     start = 0
     for rows in layer.row_splits:
         rows_of = slice(start, start + rows)
-        yield from (t.detach()[rows_of] for t in stats)
+        yield from (t.detach()[rows_of] for t in stats if t is not None)
         yield weight[rows_of]
         start += rows
 
