@@ -344,7 +344,7 @@ def _onnx_model(
 
         folder = tempfile.TemporaryDirectory(prefix="cspnet-int8-")
         path = quantize_int8(path, Path(folder.name) / "int8.onnx", info, calibration_data,
-                             count=calibration_images or DEFAULT_CALIBRATION_IMAGES)  # fmt: skip
+                             count=calibration_images or DEFAULT_CALIBRATION_IMAGES, engine=backend)  # fmt: skip
         info = info.with_(precision="int8")
     elif want != info.precision and not (want == "bf16" and info.precision == "fp32"):
         raise ValueError(f"{path} holds a {info.precision} model; it cannot run as {want}")
