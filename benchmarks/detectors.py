@@ -454,13 +454,13 @@ def ceilings(folder: Path, n: int = 2048, repeats: int = 8) -> dict[str, float]:
 
     for dtype, label in ((torch.float32, "torch fp32"), (torch.bfloat16, "torch bf16")):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        out[label] = best(lambda: a @ b)
+        out[label] = best(lambda a=a, b=b: a @ b)
     core, x = ov.Core(), np.random.default_rng(0).random((n, n), dtype=np.float32)
     for precision in ("fp32", "bf16", "int8"):
         config = {props.inference_num_threads: THREADS, hints.performance_mode: hints.PerformanceMode.LATENCY,
                   hints.inference_precision: ov.Type.bf16 if precision == "bf16" else ov.Type.f32}  # fmt: skip
         request = core.compile_model(str(_gemm_file(folder, n, precision == "int8")), "CPU", config).create_infer_request()
-        out[f"openvino {precision}"] = best(lambda: request.infer({0: x}, share_inputs=True))
+        out[f"openvino {precision}"] = best(lambda request=request: request.infer({0: x}, share_inputs=True))
     return out
 
 
@@ -579,7 +579,7 @@ def render_targets(results: list[dict[str, Any]]) -> list[str]:
             continue
         paths = {k: anchor / v["end_to_end"] for k, v in t.items() if k != "opencv fp32"}
 
-        def best(suffix: str, target: float | None) -> str:
+        def best(suffix: str, target: float | None, paths: dict[str, float] = paths) -> str:
             label = max((k for k in paths if k.endswith(suffix)), key=lambda k: paths[k])
             verdict = "" if target is None else (" **met**" if paths[label] >= target else
                                                  f" missed by {target - paths[label]:.2f}x")  # fmt: skip
