@@ -80,8 +80,8 @@ def test_an_unknown_engine_is_refused_before_any_work(fp32_file: Path, tmp_path:
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_scopes_leave_the_nodes_outside_them_in_float(tmp_path: Path) -> None:
-    """Only the first conv's scope is quantised: the second conv reads a float tensor, unquantised."""
+def test_scopes_and_float_nodes_stay_float(tmp_path: Path) -> None:
+    """Only the first conv is quantised (by scope, or the second named float): the second reads a float tensor."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)).eval()
     path = tmp_path / "two.onnx"
@@ -89,9 +89,10 @@ def test_scopes_leave_the_nodes_outside_them_in_float(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")  # the exporter's deprecation notices
         torch.onnx.export(model, (torch.rand(1, 3, 8, 8),), str(path), input_names=["x"], dynamo=False)
     batches = [np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)]
-    out = quantize_onnx(path, tmp_path / "q.onnx", batches, scopes=("/0/",))
-    graph = onnx.load(str(out)).graph
-    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
-    convs = {node.name: node for node in graph.node if node.op_type == "Conv"}
-    assert set(convs["/0/Conv"].input[:2]) <= dequantized  # input and weight through Q/DQ
-    assert not set(convs["/2/Conv"].input) & dequantized
+    for name, options in (("scoped", {"scopes": ("/0/",)}), ("named", {"float_nodes": {"/2/Conv"}})):
+        out = quantize_onnx(path, tmp_path / f"{name}.onnx", batches, **options)  # type: ignore[arg-type]
+        graph = onnx.load(str(out)).graph
+        dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+        convs = {node.name: node for node in graph.node if node.op_type == "Conv"}
+        assert set(convs["/0/Conv"].input[:2]) <= dequantized, name  # input and weight through Q/DQ
+        assert not set(convs["/2/Conv"].input) & dequantized, name

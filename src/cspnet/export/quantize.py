@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +113,15 @@ def quantize_onnx(
     *,
     engine: str = "onnxruntime",
     scopes: tuple[str, ...] | None = None,
+    float_nodes: Collection[str] = (),
 ) -> Path:
     """The quantisation itself: ``fp32_path`` -> int8 QDQ (per-channel weights) at ``int8_path``.
 
     ``batches``: calibration inputs exactly as the graph takes them; ``engine``: the engine the file
     is for (:func:`activation_scheme`); ``scopes``: when given, only nodes whose names start with one
     of these prefixes are quantised (a detector's network, not the box decoding after it, whose
-    pixel coordinates an 8-bit step would move). The file's metadata is not touched.
+    pixel coordinates an 8-bit step would move); ``float_nodes``: nodes (by name) that stay float
+    besides (a detector's prediction convs). The file's metadata is not touched.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -131,12 +133,17 @@ def quantize_onnx(
         # onnxruntime's recommended first step: shape inference and graph clean-up, so every conv gets
         # its own quantisation parameters.
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        except Exception:  # onnxruntime raises a bare Exception when its symbolic shape inference is incomplete
+            # (a detector's box decoding); ONNX's own shape inference still covers the convolutions.
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         nodes = onnx.load(str(prepared)).graph.node
         # A batch norm left standing (DenseNet's pre-activation norms, which no conv absorbs) stays in
         # float: its per-channel affine has no int8 kernel and the quantiser cannot give it one.
         op_types = sorted({node.op_type for node in nodes} - FLOAT_OPS)
-        excluded = [] if scopes is None else [node.name for node in nodes if not node.name.startswith(scopes)]
+        excluded = [node.name for node in nodes if node.name in float_nodes
+                    or (scopes is not None and not node.name.startswith(scopes))]  # fmt: skip
         quantize_static(
             str(prepared), str(int8_path), _calibration_reader(input_name, list(batches)),
             quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
@@ -154,17 +161,26 @@ def quantize_int8(
     *,
     count: int = DEFAULT_CALIBRATION_IMAGES,
     engine: str = "onnxruntime",
+    images: Tensor | None = None,
+    quantize_scopes: tuple[str, ...] | None = None,
+    float_nodes: Collection[str] = (),
 ) -> Path:
     """Write the int8 (QDQ, per-channel) version of ``fp32_path`` to ``int8_path``; metadata kept.
 
     ``info`` says how to preprocess the calibration images (``count`` of ``calibration_data``, see
     :func:`sample_images`); the written file's metadata is ``info`` with ``precision="int8"``.
-    ``engine``: the engine the file is for (:func:`activation_scheme`).
+    ``engine``: the engine the file is for (:func:`activation_scheme`). ``images``: the decoded
+    ``uint8 (N, C, S, S)`` calibration images, already sized as the model takes them (a detector's
+    letterboxed ones), instead of ``count`` drawn from ``calibration_data`` (then only named in the
+    log). ``quantize_scopes`` and ``float_nodes``: what stays float (:func:`quantize_onnx`'s ``scopes``
+    and ``float_nodes``).
     """
     activation_scheme(engine)  # an unknown engine: refused before the images are read
-    images = sample_images(calibration_data, info.img_size, count)
+    if images is None:
+        images = sample_images(calibration_data, info.img_size, count)
     batches = [info.preprocess(chunk).numpy() for chunk in images.split(CALIBRATION_BATCH)]
-    int8_path = quantize_onnx(fp32_path, int8_path, batches, engine=engine)
+    int8_path = quantize_onnx(fp32_path, int8_path, batches, engine=engine, scopes=quantize_scopes,
+                              float_nodes=float_nodes)  # fmt: skip
     write_onnx_metadata(int8_path, info.with_(precision="int8").to_metadata())
     log.info("int8 for %s: calibrated on %d images of %s", engine, len(images), calibration_data)
     return int8_path
