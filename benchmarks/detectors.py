@@ -615,6 +615,15 @@ def render(data: dict[str, Any]) -> str:
              "2 x MACs per second against the best ceiling of its precision.", ""]  # fmt: skip
     for row in data["results"]:
         lines += render_model(row, peaks) + [""] + render_checks(row) + [""]
+    if data.get("accuracy"):
+        acc = data["accuracy"]
+        fp32 = acc["torch fp32"]["map50"]
+        lines += [f"int8's accuracy cost, on a trained detector (`{acc['model']}` at {acc['img_size']}, the `cspnet detect "
+                  f"train` default on the embedded digits; {acc['images']} validation canvases; int8 calibrated on 128 "
+                  "training canvases, prediction convs float): mAP@.5 "
+                  + ", ".join(f"{k} {v['map50']:.4f}" for k, v in acc.items() if isinstance(v, dict))
+                  + "; int8 costs " + ", ".join(f"{k.split()[0]} {fp32 - v['map50']:+.4f}" for k, v in acc.items()
+                                                if isinstance(v, dict) and k.endswith("int8")) + ".", ""]  # fmt: skip
     lines += render_targets(data["results"])
     if NOTES.exists():
         lines += ["", NOTES.read_text().strip()]
@@ -662,12 +671,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds per model (after 2 of warm-up)")
     parser.add_argument("--models", nargs="+", default=[*ANCHORED, *EFM], help="detectors to measure")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"JSON file (default {RESULTS})")
+    parser.add_argument("--digits-checkpoint", type=Path, help="a `detect train` checkpoint on the embedded digits: "
+                        "int8's mAP@.5 cost")  # fmt: skip
     args = parser.parse_args()
     if not args.render:
         torch.set_num_threads(THREADS)
         with tempfile.TemporaryDirectory(prefix="cspnet-detectors-") as tmp:
             data: dict[str, Any] = {"machine": machine(), "rounds": args.rounds, "ceilings": ceilings(Path(tmp))}
             print("ceilings:", {k: round(v) for k, v in data["ceilings"].items()}, flush=True)
+            if args.digits_checkpoint:
+                data["accuracy"] = detector_accuracy(args.digits_checkpoint, Path(tmp))
             data["results"] = []
             for name in args.models:
                 print(f"{name}:", flush=True)
