@@ -96,3 +96,19 @@ def test_scopes_and_float_nodes_stay_float(tmp_path: Path) -> None:
         convs = {node.name: node for node in graph.node if node.op_type == "Conv"}
         assert set(convs["/0/Conv"].input[:2]) <= dequantized, name  # input and weight through Q/DQ
         assert convs["/2/Conv"].input[1] not in dequantized, name  # its weight stays float
+
+
+def test_a_detector_graph_quantises_without_leaving_files_in_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A detector's box decoding stops onnxruntime's symbolic shape inference, which then saves the model
+    into the current folder; quantize_onnx keeps that in its temporary folder (and takes relative paths)."""
+    import cspnet
+    from cspnet.detection.export import export_detector_onnx
+
+    model = cspnet.create_model("cspdensenet_bc40_efm", num_classes=3).eval()
+    export_detector_onnx(model, tmp_path / "fp32.onnx", 64)
+    monkeypatch.chdir(tmp_path)
+    batches = [np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)]
+    out = quantize_onnx(Path("fp32.onnx"), Path("int8.onnx"), batches, engine="openvino", scopes=("/detector/",))
+    assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]

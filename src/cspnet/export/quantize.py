@@ -133,11 +133,17 @@ def quantize_onnx(
         # onnxruntime's recommended first step: shape inference and graph clean-up, so every conv gets
         # its own quantisation parameters.
         prepared = Path(tmp) / "prepared.onnx"
+        source, here = Path(fp32_path).resolve(), os.getcwd()
+        # When its symbolic shape inference is incomplete (a detector's box decoding), onnxruntime saves the
+        # model and its weights into the current folder and raises a bare Exception: the folder is the
+        # temporary one while it runs, and ONNX's own shape inference then covers the convolutions.
+        os.chdir(tmp)
         try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
-        except Exception:  # onnxruntime raises a bare Exception when its symbolic shape inference is incomplete
-            # (a detector's box decoding); ONNX's own shape inference still covers the convolutions.
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        except Exception:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        finally:
+            os.chdir(here)
         nodes = onnx.load(str(prepared)).graph.node
         # A batch norm left standing (DenseNet's pre-activation norms, which no conv absorbs) stays in
         # float: its per-channel affine has no int8 kernel and the quantiser cannot give it one.
