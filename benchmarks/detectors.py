@@ -10,14 +10,15 @@ The anchor is what a darknet user runs on a CPU today: ``cv2.dnn.readNetFromDark
 published one layer by layer). Both sides read the same ``.weights`` file, written from a seeded
 model by :func:`cspnet.convert.write_darknet_weights` and read back by ``create_model(pretrained=)``.
 Random weights would leave every score saturated at 0 or 1 (an untrained network's maps reach
-thousands), so the seeded model's batch norms take the photos' statistics, its prediction convs are
-scaled, once, to outputs of zero mean and unit spread
-on the photos (``OBJECT_SPREAD`` and ``CLASS_SPREAD`` for the objectness and class logits) and their class
-and objectness biases shifted: the top
-``CLASS_SHARE`` of the class logits on the photos reach probability 0.82, then objectness until the
-median photo has ``CANDIDATES`` (box, class) pairs above the prediction threshold, about what a trained
-detector feeds its NMS on a photo (a few to a few dozen detections come out). Speed does not depend
-on the weights otherwise.
+thousands), so the seeded model is prepared once (:func:`seeded_detector`): its batch norms take the
+photos' statistics (stored over a variance of ``STORED_VARIANCE``, see there), its prediction convs
+are scaled to logits of zero mean and ``OBJECT_SPREAD`` / ``CLASS_SPREAD`` spread on the photos, the
+class biases shifted so the top ``CLASS_SHARE`` of class logits reach probability 0.82, and
+objectness until the median photo has ``CANDIDATES`` (box, class) pairs above the prediction
+threshold, about what a trained detector feeds its NMS (a few to a few dozen detections come out).
+Speed does not depend on the weights otherwise; accuracy on them means nothing beyond fp32 (a random
+network amplifies bf16 and int8 rounding into noise), so int8's accuracy is measured on a trained
+detector (``--digits-checkpoint``: mAP@.5 on the embedded digits).
 
 Every path runs in this one process, interleaved (one image per path per round, the photos in turn),
 two threads each: OpenCV's forward (the anchor: its network and its YOLO layers, nothing else), and
@@ -37,7 +38,8 @@ as ``load_model(...).detect()`` is to.
 
 Detections of each fp32 path are compared with OpenCV's on the photos: the same letterboxed input,
 OpenCV's own post-processing (its YOLO layers' boxes, ``cv2.dnn.NMSBoxesBatched``), boxes back on
-the photo. bf16 and int8 paths are compared with torch fp32 (share of its detections they find).
+the photo. (The JSON also keeps, per photo, the share of torch fp32's detections each other path
+finds: on random weights that is noise for bf16 and int8, so it is not rendered.)
 """
 
 from __future__ import annotations
