@@ -15,6 +15,7 @@ from cspnet.convert.checkpoint import (
     register_converter,
     register_file_reader,
 )
+from cspnet.convert.darknet import write_darknet_weights
 
 __all__ = [
     "CheckpointError",
@@ -26,4 +27,5 @@ __all__ = [
     "read_state_dict",
     "register_converter",
     "register_file_reader",
+    "write_darknet_weights",
 ]

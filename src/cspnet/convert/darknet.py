@@ -7,6 +7,10 @@ order, float32 arrays: with ``batch_normalize=1`` ``biases`` (BN beta), ``scales
 ``rolling_mean``, ``rolling_var``, then the kernel; without BN (the classifier) ``biases`` then the
 kernel. Nothing else carries weights (``[shortcut]``, ``[route]``, pools).
 
+:func:`write_darknet_weights` is the inverse: a model of this library -> a ``.weights`` file that
+darknet, OpenCV's DNN module (``cv2.dnn.readNetFromDarknet``) and the reader here load with the
+model's cfg (a benchmark runs the same weights in both; a user takes a trained model back to darknet).
+
 The cfg order of a model here is its module order, with two differences a CSP stage needs:
 
 * the two parallel split convs of the cfg (bypass, then block path) are the two row blocks of one
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -306,6 +311,55 @@ def _read(layer: DarknetConv | DarknetOutput, floats: Floats, classes: int) -> I
 
 def _warn(path: Path, message: str) -> None:
     log.warning("%s: %s", path, message)
+
+
+def write_layer(layer: DarknetConv) -> Iterator[Tensor]:
+    """:func:`read_layer` backwards: the float32 arrays of ``layer`` in file order."""
+    conv, bn = layer.module.conv, layer.module.bn
+    stats = (bn.bias, bn.weight, bn.running_mean, bn.running_var)  # biases, scales, mean, var
+    if not isinstance(bn, nn.BatchNorm2d) or any(t is None for t in stats):
+        raise CheckpointError(f"darknet .weights cannot describe {layer.name}: its norm is not an affine batch norm")
+    weight = conv.weight.detach()
+    if layer.rotate_in:  # ours [bypass, T] -> darknet's [T, bypass]
+        cut = weight.shape[1] - layer.rotate_in
+        weight = torch.cat([weight[:, cut:], weight[:, :cut]], dim=1)
+    start = 0
+    for rows in layer.row_splits:
+        rows_of = slice(start, start + rows)
+        yield from (t.detach()[rows_of] for t in stats if t is not None)
+        yield weight[rows_of]
+        start += rows
+
+
+DARKNET_VERSION = (0, 2, 5)  # major, minor, revision of the files darknet writes today (int64 ``seen``)
+
+
+def write_darknet_weights(model: nn.Module, path: str | os.PathLike[str], seen: int = 0) -> Path:
+    """Write ``model``'s weights as a darknet ``.weights`` file (the layout :func:`darknet_layout` gives).
+
+    The file is what darknet's ``save_weights`` writes for the model's cfg, so darknet, OpenCV's DNN
+    module and :func:`read_darknet_weights` read it back (the round trip is exact). Written
+    atomically; a model darknet's format cannot describe raises :class:`CheckpointError`.
+
+    >>> import tempfile, torch, cspnet
+    >>> model = cspnet.create_model("darknet53_paper", depths=(1, 1, 1, 1, 1), num_classes=3)
+    >>> path = write_darknet_weights(model, Path(tempfile.mkdtemp()) / "d.weights")
+    >>> again = cspnet.create_model("darknet53_paper", depths=(1, 1, 1, 1, 1), num_classes=3, pretrained=path)
+    >>> all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    True
+    """
+    from cspnet.io import atomic_write_bytes
+
+    layout = darknet_layout(model)
+    state = model.state_dict()
+    arrays: list[Tensor] = []
+    for layer in layout.layers:
+        if isinstance(layer, DarknetConv):
+            arrays += write_layer(layer)
+        elif layer.model_rows:  # biases, then the kernel
+            arrays += [state[f"{layer.name}.bias"], state[f"{layer.name}.weight"]]
+    payload = torch.cat([a.detach().float().cpu().flatten() for a in arrays]).numpy().tobytes()
+    return atomic_write_bytes(path, struct.pack("<3iq", *DARKNET_VERSION, seen) + payload)
 
 
 register_file_reader(".weights", read_darknet_weights)

@@ -278,21 +278,24 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
     return result
 
 
-def quantize_detector(fp32_path: Path, int8_path: Path, info: ModelInfo, images: Tensor, description: str) -> Path:
+def quantize_detector(fp32_path: Path, int8_path: Path, info: ModelInfo, images: Tensor, description: str,
+                      engine: str = "onnxruntime") -> Path:  # fmt: skip
     """The int8 version of an exported detector file (:func:`cspnet.export.quantize.quantize_int8`, static,
     per-channel, calibrated on ``images``: letterboxed ``uint8 (N, 3, S, S)``).
 
     Only the network is quantised, and not its last layers: box decoding and NMS stay float32 (an
     8-bit step of a pixel coordinate would move the boxes), and so do the prediction convs, whose
     outputs are the box and class logits (quantised, they cost 0.014 mAP@.5 of the default digits
-    detector, float they cost nothing: ``docs/detection.md``).
+    detector, float they cost nothing: ``docs/detection.md``). ``engine``: the engine the file is for
+    (:func:`cspnet.export.quantize.activation_scheme`).
     """
     import onnx
 
     from cspnet.export.quantize import quantize_int8
 
     proto = onnx.load(str(fp32_path), load_external_data=False)
-    return quantize_int8(fp32_path, int8_path, info, description, images=images, quantize_scopes=(NETWORK_SCOPE,),
+    return quantize_int8(fp32_path, int8_path, info, description, engine=engine, images=images,
+                         quantize_scopes=(NETWORK_SCOPE,),
                          float_nodes=[node.name for node in _prediction_convs(proto)])  # fmt: skip
 
 

@@ -376,7 +376,7 @@ def _onnx_model(
         if calibration_data is None:
             raise ValueError("int8 needs calibration images: pass calibration_data ('digits' or an image folder)")
         folder = tempfile.TemporaryDirectory(prefix="cspnet-int8-")
-        path = _quantized(path, Path(folder.name) / "int8.onnx", info, calibration_data, calibration_images)
+        path = _quantized(path, Path(folder.name) / "int8.onnx", info, calibration_data, calibration_images, backend)
         info = info.with_(precision="int8")
     elif want != info.precision and {want, info.precision} != {"fp32", "bf16"}:  # bf16 is a compute choice
         raise ValueError(f"{path} holds a {info.precision} model; it cannot run as {want}")
@@ -388,16 +388,17 @@ def _onnx_model(
     return _model_for(engine, info.with_(precision=want), [folder] if folder else None, batch_size)
 
 
-def _quantized(path: Path, target: Path, info: ModelInfo, data: str | os.PathLike[str], count: int | None) -> Path:
-    """The int8 version of the fp32 ONNX file ``path``, calibrated on ``data`` (a detector: letterboxed
-    images, its network quantised and its decoding left in float)."""
+def _quantized(path: Path, target: Path, info: ModelInfo, data: str | os.PathLike[str], count: int | None,
+               engine: str) -> Path:  # fmt: skip
+    """The int8 version of the fp32 ONNX file ``path`` for ``engine``, calibrated on ``data`` (a detector:
+    letterboxed images, its network quantised and its decoding left in float)."""
     from cspnet.export.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
 
     count = count or DEFAULT_CALIBRATION_IMAGES
     if info.task != "detection":
-        return quantize_int8(path, target, info, data, count=count)
+        return quantize_int8(path, target, info, data, count=count, engine=engine)
     from cspnet.detection.calibration import calibration_split
     from cspnet.detection.export import quantize_detector
 
     split = calibration_split(data, info.img_size, count, pad_value=info.pad_value, held_out=False)
-    return quantize_detector(path, target, info, split.images, split.description)
+    return quantize_detector(path, target, info, split.images, split.description, engine=engine)

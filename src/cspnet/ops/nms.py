@@ -4,7 +4,7 @@ torchvision (whose ``batched_nms`` is the usual choice) is not a dependency of t
 cannot be installed next to its pinned torch, so the detectors use these small functions instead.
 :func:`batched_nms` is TorchScript-compatible and uses only device-agnostic tensor ops (what
 :meth:`Detector.detect <cspnet.models.detectors.Detector.detect>` runs); :func:`greedy_nms` is the
-same rule from one NumPy IoU matrix (what evaluation runs on thousands of candidates).
+same rule in NumPy, one IoU row per kept box and label (what evaluation runs on thousands of candidates).
 
 The rule (torchvision's, and ONNX ``NonMaxSuppression``'s per class): boxes are xyxy; a box
 suppresses a lower-scored box of the *same label* whose IoU with it is strictly greater than
@@ -51,7 +51,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: fl
 def greedy_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float,
                max_keep: int | None = None) -> np.ndarray:  # fmt: skip
     """:func:`batched_nms` in NumPy: the kept indices, highest score first; the first ``max_keep``
-    of them when given (the rest need not be computed).
+    of them when given.
 
     >>> b = np.array([[0.0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10]])
     >>> greedy_nms(b, np.array([0.9, 0.8, 0.7]), np.array([0, 0, 1]), 0.5).tolist()
@@ -61,14 +61,18 @@ def greedy_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_th
         return np.zeros(0, dtype=np.int64)
     order = np.argsort(-scores, kind="stable")
     b, lab = boxes[order], labels[order]
-    overlaps = (box_iou_numpy(b, b) > iou_threshold) & (lab[:, None] == lab[None, :])
-    suppressed = np.zeros(len(b), dtype=bool)
-    keep = []
-    for i in range(len(b)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        if max_keep is not None and len(keep) >= max_keep:
-            break
-        suppressed |= overlaps[i]
-    return order[np.asarray(keep, dtype=np.int64)]
+    kept = np.zeros(len(b), dtype=bool)
+    # Labels never suppress each other, so each label is its own greedy pass, and a kept box needs its
+    # IoU with the later boxes of its label only: linear memory, and far less work than one N x N matrix
+    # when candidates are many (evaluation's thousands, or an int8 model's noise).
+    for label in np.unique(lab):
+        members = np.flatnonzero(lab == label)  # positions in score order
+        alive = np.ones(len(members), dtype=bool)
+        for k in range(len(members)):
+            if not alive[k]:
+                continue
+            kept[members[k]] = True
+            if k + 1 < len(members):
+                alive[k + 1 :] &= box_iou_numpy(b[members[k]][None], b[members[k + 1 :]])[0] <= iou_threshold
+    keep = np.flatnonzero(kept)  # score order, equal scores in input order
+    return order[keep if max_keep is None else keep[:max_keep]]
