@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "cspnet.io": 0,
     "cspnet.precision": 0,
     "cspnet.runtime": 0,
+    "cspnet.progress": 0,
     "cspnet.cpu": 0,
     "cspnet.metadata": 0,
     "cspnet.ops": 0,

@@ -107,8 +107,11 @@ class _Decodable:
 def _batches(dataset: Any, batch_size: int, workers: int, collate: Any) -> Any:
     from torch.utils.data import DataLoader
 
+    from cspnet.progress import progress
+
     decodable: Any = _Decodable(dataset)  # a map-style dataset (DataLoader needs only len and getitem)
-    return DataLoader(decodable, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    loader = DataLoader(decodable, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    return progress(loader, total=len(loader), desc="evaluating", unit="batch")  # a bar on a terminal only
 
 
 @dataclass
@@ -192,11 +195,13 @@ def _collate_boxes(items: list[Any]) -> tuple[Tensor, Tensor, int]:
 
 def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str], conf: float = EVALUATE.conf_threshold,
                       iou: float = EVALUATE.iou_threshold, max_detections: int = EVALUATE.max_detections,
-                      batch_size: int = 32, workers: int = 0) -> DetectionResult:  # fmt: skip
+                      batch_size: int = 32, workers: int = 0, augment: bool = False) -> DetectionResult:  # fmt: skip
     """Every decodable image of ``dataset`` (letterboxed uint8 images with their boxes) through the
     PyTorch ``model`` (a :class:`~cspnet.models.detectors.Detector` taking pixels in [0, 1]), scored by
-    COCO's own evaluation; the post-processing and thresholds are the validation's of training."""
+    COCO's own evaluation; the post-processing and thresholds are the validation's of training.
+    ``augment``: test-time augmentation (:mod:`cspnet.detection.tta`)."""
     from cspnet.detection.metrics import coco_metrics
+    from cspnet.detection.tta import decoded_predictions
     from cspnet.ops.postprocess import postprocess_numpy
     from cspnet.training.detection_module import split_targets
 
@@ -210,7 +215,7 @@ def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str], conf
             skipped += dropped
             if not len(images):
                 continue
-            boxes, scores = model.decode(model(images.float() / 255.0))
+            boxes, scores = decoded_predictions(model, images.float() / 255.0, augment)
             found += postprocess_numpy(boxes, scores, (images.shape[-2], images.shape[-1]), **limits.kwargs())
             truth += split_targets(targets, images.shape[0])
     return DetectionResult(coco_metrics(truth, found, list(class_names)), len(truth), skipped, truth, found)

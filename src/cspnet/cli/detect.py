@@ -89,8 +89,15 @@ def _add_val(actions: argparse._SubParsersAction) -> None:
                    help=f"score threshold (default: the run's, {EVALUATE.conf_threshold} as COCO evaluations)")
     p.add_argument("--iou", type=float, default=None, help=f"NMS IoU threshold (default: the run's, {EVALUATE.iou_threshold})")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="evaluate the raw weights, not the EMA")
-    p.add_argument("--output", metavar="DIR", help="where val.json goes (default: the checkpoint's folder)")
+    _add_augment(p)
+    p.add_argument("--output", metavar="DIR", help="where val.json and the pictures (pr_curve.png, f1_curve.png, "
+                   "confusion_matrix.png) go (default: the checkpoint's folder)")
     p.set_defaults(func=run_val)
+
+
+def _add_augment(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--augment", action="store_true", help="test-time augmentation: also detect on the image "
+                   "mirrored and shrunk (0.83, 0.67), all boxes merged by one NMS (3x slower)")
 
 
 def _output_folder(output: str | None, checkpoint: str) -> Path:
@@ -128,19 +135,30 @@ def run_val(args: argparse.Namespace) -> int:
     dataset = evaluation_set("detection", trained.train_config, trained.img_size, trained.class_names, args.data,
                              args.images)  # fmt: skip
     result = evaluate_detector(trained.model, dataset, trained.class_names, conf, iou, run.max_detections,
-                               args.batch_size, args.workers)  # fmt: skip
+                               args.batch_size, args.workers, augment=args.augment)  # fmt: skip
     if not result.images:
         raise CLIError(f"none of the {result.skipped} image(s) could be decoded")
     data = args.data if args.data is not None else f"{trained.train_config.get('data', 'digits')} (the run's validation split)"
     metrics = result.metrics
     summary = {"checkpoint": str(args.checkpoint), "model": trained.name, "data": data, "weights": trained.weights,
-               "conf": conf, "iou": iou, "images": result.images, "skipped_images": result.skipped, **metrics}  # fmt: skip
+               "conf": conf, "iou": iou, "augment": args.augment, "images": result.images,
+               "skipped_images": result.skipped, **metrics}  # fmt: skip
     atomic_write_text(out / "val.json", dumps_json(summary))
     note = f"  ({result.skipped} undecodable image(s) left out)" if result.skipped else ""
     print(f"{trained.name} on {result.images} images of {data}: mAP {_fmt(metrics['map'])}  mAP@.5 "
           f"{_fmt(metrics['map50'])}  mAP@.75 {_fmt(metrics['map75'])}  AR@100 {_fmt(metrics['mar100'])}  "
           f"({out / 'val.json'}){note}")  # fmt: skip
+    _val_pictures(result, trained.class_names, out)
     return 0
+
+
+def _val_pictures(result: Any, class_names: list[str], out: Path) -> None:
+    """The per-class table on standard output and the pictures beside val.json (cspnet.reports.detection)."""
+    from cspnet.reports.detection import per_class_table, write_val_report
+
+    curves, files = write_val_report(result.truth, result.found, class_names, result.metrics, out)
+    print("\n".join(per_class_table(curves, result.metrics)))
+    print(f"pictures: {', '.join(str(f) for f in files)}")
 
 
 # -- predict ---------------------------------------------------------------------------------------
@@ -153,6 +171,7 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--max-detections", type=positive_int, default=PREDICT.max_detections, help="per image (default %(default)s)")
     p.add_argument("--output", default="runs/detect-predict", metavar="DIR",
                    help="where <image>.png and results.json go (default runs/detect-predict)")
+    _add_augment(p)
     p.set_defaults(func=run_predict)
 
 
@@ -226,9 +245,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from cspnet.cli.main import CLIError
     from cspnet.detection.data import letterbox_image, open_image
+    from cspnet.detection.tta import decoded_predictions
     from cspnet.io import atomic_path, atomic_write_text, dumps_json
     from cspnet.ops.boxes import box_convert
     from cspnet.ops.postprocess import postprocess_numpy
+    from cspnet.progress import progress
 
     _check_thresholds(args)
     files = _image_files(args.images)
@@ -237,7 +258,7 @@ def run_predict(args: argparse.Namespace) -> int:
     trained = _load(args.checkpoint)
     size = trained.img_size
     results, failed = [], []
-    for image_id, (path, target) in enumerate(zip(files, targets)):
+    for image_id, (path, target) in enumerate(progress(zip(files, targets), len(files), "detecting", "image")):
         try:
             image = open_image(path)
         except ValueError as exc:
@@ -245,7 +266,7 @@ def run_predict(args: argparse.Namespace) -> int:
             continue
         x, lb = letterbox_image(image, size)
         with torch.inference_mode():
-            boxes, scores = trained.model.decode(trained.model(x[None].float() / 255.0))
+            boxes, scores = decoded_predictions(trained.model, x[None].float() / 255.0, args.augment)
         found = postprocess_numpy(boxes, scores, (size, size), **PREDICT.replace(
             conf_threshold=args.conf, iou_threshold=args.iou, max_detections=args.max_detections).kwargs())[0]
         image_boxes = lb.to_image(found["boxes"])
