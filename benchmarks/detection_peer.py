@@ -20,8 +20,9 @@ at confidence 0.001, NMS IoU 0.6, at most 100 boxes (COCO's protocol, ``cspnet.o
 and faster-coco-eval computes mAP@.5 and mAP@[.5:.95] (``cspnet.detection.metrics.coco_metrics``);
 for the project's runs that is the last validation of training (``metrics.json``). The peer's own
 evaluator (its ``metrics/mAP50(B)``, on its best weights) is recorded beside it. Wall time is the whole
-training command (start-up, data, every epoch's validation), each run alone under the heavy lock on
-the same cores; ``uptime`` and the CPU are recorded with each run.
+training command (start-up and imports, data, every epoch's validation; for the peer up to the end of
+``model.train``, its final validation included), each run alone under the heavy lock on the same cores;
+the load average and the CPU are recorded with each run.
 
 Writes ``OUTPUT/<run>/`` (each run's folder), ``OUTPUT/peer.json`` (every figure) and ``OUTPUT/peer.md``
 (the table). ``--skip-peer`` / ``--skip-ours`` rerun one side; results of the other side already in
@@ -37,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -85,11 +87,11 @@ def peer_versions(python: Path) -> str:
 # -- inside the peer's interpreter ---------------------------------------------------------------------
 def peer_run(args: argparse.Namespace) -> int:
     """Train YOLOv8n from its yaml on ``args.data`` and write its final weights' predictions (runs in the venv)."""
+    start = time.perf_counter()  # the wall time counts ultralytics' import, as cspnet's counts its start-up
     import yaml  # type: ignore[import-untyped]  # ultralytics' dependency
     from ultralytics import YOLO  # type: ignore[import-not-found]
 
     out = Path(args.output)
-    start = time.perf_counter()
     model = YOLO(PEER_MODEL)
     model.train(data=args.data, epochs=args.epochs, imgsz=args.img_size, batch=args.batch_size, device="cpu",
                 workers=0, project=str(out), name="train", exist_ok=True, pretrained=False, amp=False, plots=False,
@@ -141,7 +143,7 @@ def run_peer(python: Path, args: argparse.Namespace, out: Path) -> dict[str, Any
     coco = coco_metrics(truth, found, val.classes)
     own = run["own_metrics"]
     return {"detector": "YOLOv8n (ultralytics, from yolov8n.yaml)", "params": run["params"], "map50": coco["map50"],
-            "map": coco["map"], "train_wall_s": run["wall_s"], "command_wall_s": round(command_s, 1),
+            "map": coco["map"], "wall_s": run["wall_s"], "with_predictions_s": round(command_s, 1),
             "own_map50": own.get("metrics/mAP50(B)"), "own_map": own.get("metrics/mAP50-95(B)"),
             "versions": peer_versions(python), "machine": where, "load_after": machine()["load_average"]}  # fmt: skip
 
@@ -152,6 +154,8 @@ def run_ours(model: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "cspnet.cli.main", "detect", "train", "--data", str(args.data), "--model", model,
                "--epochs", str(args.epochs), "--img-size", str(args.img_size), "--batch-size", str(args.batch_size),
                "--seed", str(args.seed), "--output", str(out), *args.extra]  # fmt: skip
+    if out.exists():  # this script's own run folder, from an earlier invocation
+        shutil.rmtree(out)
     where = machine()
     start = time.perf_counter()
     subprocess.run(command, check=True)
@@ -160,7 +164,7 @@ def run_ours(model: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     trained = load_trained(out / "last.ckpt", task="detection")
     params = sum(p.numel() for p in trained.model.parameters())
     return {"detector": model, "params": params, "map50": metrics["map50"], "map": metrics["map"],
-            "train_wall_s": metrics["train_time_s"], "command_wall_s": round(command_s, 1),
+            "train_time_s": metrics["train_time_s"], "wall_s": round(command_s, 1),
             "command": " ".join(["cspnet", *command[3:]]), "machine": where, "load_after": machine()["load_average"]}  # fmt: skip
 
 
@@ -177,7 +181,7 @@ def table(results: dict[str, Any]) -> list[str]:
         own = f" (its own evaluator: {_num(r['own_map50'])} / {_num(r['own_map'])})" if "own_map50" in r else ""
         load = max(r["machine"]["load_average"][0], r["load_after"][0])
         rows.append([r["detector"], f"{r['params']:,}", _num(r["map50"]) + own, _num(r["map"]),
-                     f"{r['command_wall_s']:.0f} s", f"{load:.1f}" + (" (under load)" if load > 2.5 else "")])  # fmt: skip
+                     f"{r['wall_s']:.0f} s", f"{load:.1f}" + (" (under load)" if load > 2.5 else "")])  # fmt: skip
     settings = results["settings"]
     head = [f"Data: `{settings['data']}`; {settings['epochs']} epochs, image size {settings['img_size']}, "
             f"batch {settings['batch_size']}, seed {settings['seed']}; CPU: {results['runs'][0]['machine']['cpu']} "

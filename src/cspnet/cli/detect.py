@@ -249,7 +249,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from cspnet.io import atomic_path, atomic_write_text, dumps_json
     from cspnet.ops.boxes import box_convert
     from cspnet.ops.postprocess import postprocess_numpy
-    from cspnet.progress import progress
+    from cspnet.progress import progress, say
 
     _check_thresholds(args)
     files = _image_files(args.images)
@@ -280,7 +280,7 @@ def run_predict(args: argparse.Namespace) -> int:
             results.append({"image_id": image_id, "file_name": str(path), "category_id": int(label),
                             "category": trained.class_names[int(label)], "bbox": [round(v, 2) for v in box],
                             "score": round(score, 5)})  # fmt: skip
-        print(f"{path}: {len(names)} object(s)" + (": " + ", ".join(f"{n} {s:.2f}" for n, s in zip(names, scores_list)) if names else ""))
+        say(f"{path}: {len(names)} object(s)" + (": " + ", ".join(f"{n} {s:.2f}" for n, s in zip(names, scores_list)) if names else ""))
     if len(failed) == len(files):
         raise CLIError(f"none of the {len(files)} image(s) can be read (first: {failed[0]})")
     if failed:

@@ -19,7 +19,8 @@ input pixels, detections at the evaluation's low score threshold), :func:`write_
   hold counts; colour is the share of the row.
 
 :func:`per_class_table` is the table ``detect val`` prints: per class the objects, COCO's AP@.5 and
-AP@[.5:.95], and the precision and recall at the confidence of the best mean F1.
+AP@[.5:.95], and the precision and recall at the confidence of the best mean F1 (``n/a`` where no
+threshold finds anything: an F1 of 0 everywhere).
 
 >>> import torch
 >>> truth = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "labels": torch.tensor([0, 1])}]
@@ -271,13 +272,18 @@ def per_class_table(curves: ValCurves, metrics: dict[str, Any]) -> list[str]:
     from cspnet.reports.tables import aligned_table
 
     best = curves.best
+    useful = curves.present.any() and curves.mean_f1[best] > 0  # else no threshold finds anything: no P and R
+
+    def at(values: np.ndarray, k: int | None) -> str:
+        if not useful or (k is not None and not curves.present[k]):
+            return "n/a"
+        return _num(float(values[curves.present, best].mean() if k is None else values[k, best]))
+
     rows = [["all", str(sum(m.objects for m in curves.matches)), _num(metrics.get("map50")), _num(metrics.get("map")),
-             _num(float(curves.p_at[curves.present, best].mean()) if curves.present.any() else None),
-             _num(float(curves.r_at[curves.present, best].mean()) if curves.present.any() else None)]]  # fmt: skip
+             at(curves.p_at, None), at(curves.r_at, None)]]  # fmt: skip
     for k, name in enumerate(curves.class_names):
-        there = bool(curves.present[k])
         rows.append([str(name), str(curves.matches[k].objects), _num(metrics.get("per_class_50", {}).get(name)),
-                     _num(metrics.get("per_class", {}).get(name)), _num(float(curves.p_at[k, best]) if there else None),
-                     _num(float(curves.r_at[k, best]) if there else None)])  # fmt: skip
-    header = ["class", "objects", "AP@.5", "AP@[.5:.95]", f"P@{CONFIDENCES[best]:.3f}", f"R@{CONFIDENCES[best]:.3f}"]
+                     _num(metrics.get("per_class", {}).get(name)), at(curves.p_at, k), at(curves.r_at, k)])  # fmt: skip
+    where = f"@{CONFIDENCES[best]:.3f}" if useful else ""
+    header = ["class", "objects", "AP@.5", "AP@[.5:.95]", f"P{where}", f"R{where}"]
     return aligned_table(header, rows)

@@ -106,7 +106,12 @@ class History(L.Callback):
             return
         write_history(self.path, self.rows, self.fields)
         if self.verbose:
-            print(self.task.epoch_summary(row, trainer.max_epochs), flush=True)
+            line = self.task.epoch_summary(row, trainer.max_epochs)
+            bar = trainer.progress_bar_callback
+            if bar is not None and getattr(bar, "is_enabled", False):  # above the live bars, not through them
+                bar.print(line)
+            else:
+                print(line, flush=True)
 
     @property
     def fields(self) -> tuple[str, ...]:
