@@ -153,6 +153,8 @@ def test_history_holds_the_mean_of_each_loss_part_and_results_png_shows_them(run
     for name in ("results.png", "learning_curves.png"):
         assert Image.open(out / name).size[0] >= 1000, name
     assert Image.open(out / "results.png").size == (1500, 800)  # five panels on two rows of three
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_class_ap50"]) == {"red", "green", "blue"}
 
 
 def test_val_prints_per_class_ap_and_draws_its_pictures(run, tmp_path, capsys):

@@ -214,7 +214,7 @@ class DetectionTask(Task):
     def final_metrics(self, module: Any, last: dict[str, float]) -> dict[str, Any]:
         coco = module.coco  # the last validation's full COCO metrics, gathered from every process
         return {**{name: coco.get(name) for name in COCO_METRICS}, "per_class_ap": coco.get("per_class", {}),
-                "val_images": coco.get("images")}  # fmt: skip
+                "per_class_ap50": coco.get("per_class_50", {}), "val_images": coco.get("images")}  # fmt: skip
 
     def result_line(self, metrics: dict[str, Any]) -> str:
         return (f"{metrics['model']}: mAP {_fmt(metrics['map'], '.4f')}  mAP@.5 {_fmt(metrics['map50'], '.4f')}  "
