@@ -15,7 +15,7 @@ flips that YOLOv5-style test-time augmentation uses). The first view is the plai
 
 >>> import torch
 >>> def run(x):  # a "model" that finds the bright square, as decoded (boxes, scores)
-...     rows, cols = torch.nonzero(x[0, 0] > 0.9, as_tuple=True)
+...     rows, cols = torch.nonzero(x[0, 0] > 0.5, as_tuple=True)
 ...     box = torch.stack([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]).float()
 ...     return box.reshape(1, 1, 4), torch.ones(1, 1, 1)
 >>> image = torch.zeros(1, 3, 64, 64); image[..., 10:30, 40:60] = 1.0
