@@ -284,13 +284,25 @@ def compose(pools: Pools, backgrounds: Sequence[np.ndarray], rng: np.random.Gene
 
 # -- writing YOLO ----------------------------------------------------------------------------------
 def yolo_line(label: int, box: Sequence[float], width: int, height: int) -> str:
-    """``class cx cy w h`` normalised to the image, as YOLO label files hold them.
+    """``class cx cy w h`` normalised to the image, as YOLO label files hold them; rounded to 6 decimals
+    so that a box touching the image's edge does not read as reaching past it.
 
     >>> yolo_line(2, (10, 20, 30, 60), 100, 200)
     '2 0.200000 0.200000 0.200000 0.200000'
+    >>> yolo_line(0, (0, 0, 7, 3), 7, 3)  # the whole image: exactly 1, never 1.0000005
+    '0 0.500000 0.500000 1.000000 1.000000'
+    >>> yolo_line(0, (2, 0, 3, 3), 3, 3)  # (2/3 + 1) / 2 rounds up: the width shrinks by a millionth
+    '0 0.833333 0.500000 0.333333 1.000000'
     """
     x1, y1, x2, y2 = box
-    return f"{label} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} {(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}"
+    values = []
+    for low, high, side in ((x1, x2, width), (y1, y2, height)):
+        centre = round((low + high) / 2 / side, 6)
+        extent = round((high - low) / side, 6)
+        room = 2 * min(centre, 1 - centre)  # the widest box around this centre that stays inside
+        values += [centre, min(extent, round(room, 6) if room < extent else extent)]
+    cx, w, cy, h = values
+    return f"{label} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}"
 
 
 def write_split(root: Path, split: str, images: list[tuple[np.ndarray, list]], suffix: str = ".jpg") -> int:
