@@ -325,3 +325,20 @@ def test_the_real_photo_set_is_read_by_the_project_and_is_the_same_every_time(tm
     for folder in ("images/train", "labels/train", "labels/val"):
         for f in sorted((tmp_path / "a" / folder).iterdir()):
             assert f.read_bytes() == (tmp_path / "b" / folder / f.name).read_bytes(), f
+
+
+def test_the_peer_table_names_each_run_and_marks_a_loaded_machine():
+    import detection_peer
+
+    machine = {"cpu": "Test CPU", "cores": 2, "load_average": [1.0, 1.0, 1.0]}
+    runs = [{"detector": "YOLOv8n (ultralytics, from yolov8n.yaml)", "params": 3011433, "map50": 0.506, "map": 0.329,
+             "wall_s": 110.0, "own_map50": 0.512, "own_map": 0.321, "machine": machine, "load_after": [3.2, 3.0, 3.0]},
+            {"detector": "cspdensenet_bc40_efm", "params": 1683256, "map50": None, "map": 0.0, "wall_s": 80.4,
+             "machine": machine, "load_after": [1.2, 1.0, 1.0]}]  # fmt: skip
+    settings = {"data": "d/data.yaml", "epochs": 30, "img_size": 128, "batch_size": 16, "seed": 0}
+    lines = detection_peer.table({"settings": settings, "runs": runs})
+    assert "30 epochs, image size 128, batch 16" in lines[0] and "Test CPU (2 cores)" in lines[0]
+    rows = [line for line in lines if line.startswith("| YOLO") or line.startswith("| csp")]
+    assert rows[0] == ("| YOLOv8n (ultralytics, from yolov8n.yaml) | 3,011,433 | 0.506 (its own evaluator: 0.512 / 0.321) "
+                       "| 0.329 | 110 s | 3.2 (under load) |")  # fmt: skip
+    assert rows[1] == "| cspdensenet_bc40_efm | 1,683,256 | n/a | 0.000 | 80 s | 1.2 |"
