@@ -64,7 +64,7 @@ def _cell(text: str | None) -> float:
 
 def plot_confusion_matrix(confusion: torch.Tensor, class_names: list[str], out_png: Path, title: str = "confusion matrix",
                           xlabel: str = "predicted", ylabel: str = "true", shade_rows: bool = False) -> None:  # fmt: skip
-    """Rows: true class, columns: predicted class; counts written in the cells for up to 20 classes.
+    """Rows: true class, columns: predicted class, each named; counts written in the cells for up to 20 classes.
 
     The colour is the count, or with ``shade_rows`` the count's share of its row (where the objects of
     one true class went), so that a rare class reads as clearly as a frequent one.
@@ -77,9 +77,10 @@ def plot_confusion_matrix(confusion: torch.Tensor, class_names: list[str], out_p
     shade = values / values.sum(1, keepdim=True).clamp(min=1) if shade_rows else values
     image = ax.imshow(shade.numpy(), cmap="Blues", vmin=0, vmax=1 if shade_rows else None)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the row" if shade_rows else "count")
+    small = None if n <= 20 else max(4, 8 - n // 20)  # every class is named, smaller when there are many
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=small)
+    ax.set_yticks(range(n), class_names, fontsize=small)
     if n <= 20:
-        ax.set_xticks(range(n), class_names, rotation=90)
-        ax.set_yticks(range(n), class_names)
         peak = float(shade.max()) or 1.0
         for i in range(n):
             for j in range(n):
