@@ -222,6 +222,13 @@ def test_every_view_of_a_drawn_square_finds_it_where_it_is():
         torch.testing.assert_close(boxes[:, v], truth, rtol=0, atol=2 / view.scale, msg=str(view))
 
 
+def test_views_of_uint8_images_are_uint8_with_the_letterbox_grey():
+    image = torch.full((1, 3, 64, 96), 200, dtype=torch.uint8)
+    x, scale = view_image(image, View(0.5, flip=True))
+    assert x.dtype == torch.uint8 and x.shape == image.shape and scale == (0.5, 0.5)
+    assert int(x[0, 0, 10, 10]) == 200 and int(x[0, 0, 40, 60]) == 114  # the image, then the letterbox grey
+
+
 def test_the_first_view_is_the_plain_prediction():
     from cspnet.models import create_model
 

@@ -54,16 +54,18 @@ VIEWS: tuple[View, ...] = (View(1.0), View(0.83, flip=True), View(0.67))
 
 
 def view_image(images: Tensor, view: View) -> tuple[Tensor, tuple[float, float]]:
-    """``images`` ``(N, C, H, W)`` floats in [0, 1] as ``view`` sees them (same shape), and the scale
-    used per axis ``(x, y)`` (the side is rounded to whole pixels)."""
+    """``images`` ``(N, C, H, W)`` (uint8, or floats in [0, 1]) as ``view`` sees them (same shape and dtype),
+    and the scale used per axis ``(x, y)`` (the side is rounded to whole pixels)."""
     height, width = images.shape[-2:]
     x = images.flip(-1) if view.flip else images
     if view.scale == 1.0:
         return x, (1.0, 1.0)
     h, w = max(1, round(height * view.scale)), max(1, round(width * view.scale))
-    small = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    canvas = images.new_full(images.shape, LETTERBOX_FILL / 255.0)
-    canvas[..., :h, :w] = small
+    integer = not images.is_floating_point()
+    small = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    fill = LETTERBOX_FILL if integer else LETTERBOX_FILL / 255.0
+    canvas = images.new_full(images.shape, fill)
+    canvas[..., :h, :w] = small.round().clamp(0, 255).to(images.dtype) if integer else small.to(images.dtype)
     return canvas, (w / width, h / height)
 
 
@@ -78,11 +80,13 @@ def boxes_to_image(boxes: Tensor, view: View, scale: tuple[float, float], width:
 
 def augmented_predictions(run: Callable[[Tensor], Decoded], images: Tensor,
                           views: Sequence[View] = VIEWS) -> Decoded:  # fmt: skip
-    """Decoded boxes and scores of every view of ``images`` (floats in [0, 1], ``(N, C, H, W)``),
+    """Decoded boxes and scores of every view of ``images`` (``(N, C, H, W)``, uint8 or floats in [0, 1]),
     mapped back onto the images and concatenated along the box axis, ready for the post-processing.
 
-    ``run`` takes a batch of images like ``images`` and returns the model's decoded ``(boxes, scores)``
-    (e.g. ``lambda x: model.decode(model(x))`` for a :class:`~cspnet.models.detectors.Detector`).
+    ``run`` takes a batch of images like ``images`` (same shape and dtype) and returns the model's
+    decoded ``(boxes, scores)``: e.g. ``lambda x: model.decode(model(x))`` for a
+    :class:`~cspnet.models.detectors.Detector`, or an engine's preprocessing and run for letterboxed
+    uint8 images. A graph with NMS inside cannot be augmented (its boxes are already suppressed).
     """
     if not views:
         raise ValueError("test-time augmentation needs at least one view")
