@@ -107,8 +107,11 @@ class _Decodable:
 def _batches(dataset: Any, batch_size: int, workers: int, collate: Any) -> Any:
     from torch.utils.data import DataLoader
 
+    from cspnet.progress import progress
+
     decodable: Any = _Decodable(dataset)  # a map-style dataset (DataLoader needs only len and getitem)
-    return DataLoader(decodable, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    loader = DataLoader(decodable, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    return progress(loader, total=len(loader), desc="evaluating", unit="batch")  # a bar on a terminal only
 
 
 @dataclass
@@ -193,7 +196,8 @@ def _collate_boxes(items: list[Any]) -> tuple[Tensor, Tensor, int]:
 def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str] | None = None,
                       conf: float = EVALUATE.conf_threshold, iou: float = EVALUATE.iou_threshold,
                       max_detections: int = EVALUATE.max_detections, batch_size: int = 32, workers: int = 0,
-                      classes: Sequence[int] | None = None, on_batch: Any = None) -> DetectionResult:  # fmt: skip
+                      classes: Sequence[int] | None = None, on_batch: Any = None,
+                      augment: bool = False) -> DetectionResult:  # fmt: skip
     """Every decodable image of ``dataset`` (letterboxed uint8 images with their boxes) through ``model``,
     scored by COCO's own evaluation with the post-processing and thresholds of training's validation.
 
@@ -203,6 +207,7 @@ def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str] | Non
     ids (their boxes in the data and in the predictions; mAP over them). ``on_batch(images, found,
     first_index)``: called after each batch with its letterboxed images, its post-processed
     detections (input pixels) and the dataset index of its first item (e.g. to save them).
+    ``augment``: test-time augmentation (:mod:`cspnet.detection.tta`).
     """
     from cspnet.detection.metrics import coco_metrics
     from cspnet.inference.detection import DetectionModel
@@ -219,7 +224,7 @@ def evaluate_detector(model: Any, dataset: Any, class_names: Sequence[str] | Non
         for images, targets, dropped in _batches(dataset, batch_size, workers, _collate_boxes):
             skipped += dropped
             if len(images):
-                batch_found = runner.detect_letterboxed(images, limits, classes)
+                batch_found = runner.detect_letterboxed(images, limits, classes, augment)
                 if on_batch is not None:
                     on_batch(images, batch_found, seen)
                 found += batch_found

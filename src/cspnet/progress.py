@@ -6,6 +6,8 @@ is a TTY. Training has Lightning's own bar, under the same rule (:mod:`cspnet.tr
 
 >>> list(progress(range(3), desc="val"))  # not a terminal here: the items, nothing drawn
 [0, 1, 2]
+>>> say("a.png: 2 object(s)")  # a result line: above a live bar on a terminal, plainly otherwise
+a.png: 2 object(s)
 """
 
 from __future__ import annotations
@@ -38,3 +40,13 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit:
 
     with tqdm(items, total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True) as bar:
         yield from bar
+
+
+def say(line: str) -> None:
+    """Print ``line`` on standard output; on a terminal, above the live progress bar instead of through it."""
+    if on_terminal():
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stdout)
+    else:
+        print(line, flush=True)

@@ -177,6 +177,11 @@ def _class_ids(classes: list[str] | None, names: tuple[str, ...]) -> list[int] |
     return sorted(set(ids))
 
 
+def _add_augment(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--augment", action="store_true", help="test-time augmentation: also detect on the image "
+                   "mirrored and shrunk (0.83, 0.67), all boxes merged by one NMS (3x slower)")
+
+
 def _output_folder(output: str | None, checkpoint: str) -> Path:
     """The folder results go to, checked writable before any work (a read-only one fails now, not after)."""
     from cspnet.cli.main import CLIError
@@ -238,7 +243,9 @@ def _add_val(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--iou", type=float, default=None, help=f"NMS IoU threshold (default: the run's, {EVALUATE.iou_threshold})")
     p.add_argument("--save-txt", action="store_true", help="also write each image's detections as a YOLO label "
                    "file, <output>/labels/<image>.txt")
-    p.add_argument("--output", metavar="DIR", help="where val.json goes (default: the checkpoint's folder)")
+    _add_augment(p)
+    p.add_argument("--output", metavar="DIR", help="where val.json and the pictures (pr_curve.png, f1_curve.png, "
+                   "confusion_matrix.png) go (default: the checkpoint's folder)")
     p.set_defaults(func=run_val)
 
 
@@ -306,11 +313,12 @@ def run_val(args: argparse.Namespace) -> int:
     conf, iou, max_detections = _val_thresholds(args, model)
     saver = _LabelSaver(model, dataset, out / "labels") if args.save_txt else None
     result = evaluate_detector(model, dataset, None, conf, iou, max_detections, args.batch_size, args.workers,
-                               classes, on_batch=saver)  # fmt: skip
+                               classes, on_batch=saver, augment=args.augment)  # fmt: skip
     if not result.images:
         raise CLIError(f"none of the {result.skipped} image(s) could be decoded")
     cost = _precision_cost(args, model, dataset, (conf, iou, max_detections), classes, result.metrics)
     _val_report(args, model, data_name, (conf, iou), result, cost, out)
+    _val_pictures(result, list(model.info.class_names), out)
     return 0
 
 
@@ -328,7 +336,8 @@ def _precision_cost(args: argparse.Namespace, model: Any, dataset: Any, limits: 
         if read_onnx_info(args.checkpoint).precision == "int8":  # an int8 file: no fp32 weights to compare with
             return None
     baseline = _load_detector(args, precision="fp32")
-    fp32 = evaluate_detector(baseline, dataset, None, *limits, args.batch_size, args.workers, classes).metrics
+    fp32 = evaluate_detector(baseline, dataset, None, *limits, args.batch_size, args.workers, classes,
+                             augment=args.augment).metrics  # fmt: skip
     costs = {name: None if fp32[name] is None or metrics[name] is None else round(fp32[name] - metrics[name], 6)
              for name in ("map", "map50")}  # fmt: skip
     return {"fp32_map": fp32["map"], "fp32_map50": fp32["map50"], "map_lost": costs["map"], "map50_lost": costs["map50"]}
@@ -342,7 +351,7 @@ def _val_report(args: argparse.Namespace, model: Any, data: str, thresholds: tup
     metrics, trained = result.metrics, model.trained
     summary = {"checkpoint": str(args.checkpoint), "model": model.info.model_name, "backend": model.backend,
                "precision": model.precision, "data": data, "weights": trained.weights if trained else "as stored",
-               "img_size": model.info.img_size, "conf": thresholds[0], "iou": thresholds[1],
+               "img_size": model.info.img_size, "conf": thresholds[0], "iou": thresholds[1], "augment": args.augment,
                "classes": _class_ids(args.classes, model.info.class_names), "images": result.images,
                "skipped_images": result.skipped, **metrics, **({"precision_cost": cost} if cost else {})}  # fmt: skip
     atomic_write_text(out / "val.json", dumps_json(summary))
@@ -353,6 +362,15 @@ def _val_report(args: argparse.Namespace, model: Any, data: str, thresholds: tup
     if cost:
         print(f"{model.precision} costs {_fmt(cost['map50_lost'])} mAP@.5 and {_fmt(cost['map_lost'])} mAP: fp32 on "
               f"{model.backend} gives mAP {_fmt(cost['fp32_map'])}  mAP@.5 {_fmt(cost['fp32_map50'])}")  # fmt: skip
+
+
+def _val_pictures(result: Any, class_names: list[str], out: Path) -> None:
+    """The per-class table on standard output and the pictures beside val.json (cspnet.reports.detection)."""
+    from cspnet.reports.detection import per_class_table, write_val_report
+
+    curves, files = write_val_report(result.truth, result.found, class_names, result.metrics, out)
+    print("\n".join(per_class_table(curves, result.metrics)))
+    print(f"pictures: {', '.join(str(f) for f in files)}")
 
 
 # -- predict ---------------------------------------------------------------------------------------
@@ -374,6 +392,7 @@ def _add_predict(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per engine run (default 1)")
     p.add_argument("--output", default="runs/detect-predict", metavar="DIR",
                    help="where <image>.png, <video>.mp4 + <video>.json and results.json go (default runs/detect-predict)")
+    _add_augment(p)
     p.set_defaults(func=run_predict)
 
 
@@ -533,6 +552,7 @@ def _predict_image(model: Any, path: Path, stem: str, outputs: _Outputs, run: di
                    ids: _ResultIds) -> None:  # fmt: skip
     from cspnet.inference.detection import as_image
     from cspnet.io import atomic_path
+    from cspnet.progress import say
 
     try:
         image = as_image(path)
@@ -545,7 +565,7 @@ def _predict_image(model: Any, path: Path, stem: str, outputs: _Outputs, run: di
         draw.save(tmp, format="PNG")  # type: ignore[attr-defined]
     outputs.extras(image, found, stem)
     outputs.results += _detection_rows(found, image_id, path, ids)
-    print(_summary_line(path, found))
+    say(_summary_line(path, found))
 
 
 def _predict_video(model: Any, path: Path, stem: str, outputs: _Outputs, run: dict[str, Any]) -> None:
@@ -555,7 +575,7 @@ def _predict_video(model: Any, path: Path, stem: str, outputs: _Outputs, run: di
 
     from cspnet.detection.sources import VideoReader, VideoWriter
     from cspnet.io import atomic_path, atomic_write_text
-    from cspnet.progress import progress
+    from cspnet.progress import progress, say
 
     reader = VideoReader(path)
     frames: list[dict[str, Any]] = []
@@ -576,7 +596,7 @@ def _predict_video(model: Any, path: Path, stem: str, outputs: _Outputs, run: di
 
     body = dumps_json(header, indent=None).strip()[:-1] + ', "per_frame": ' + json_lines(frames).rstrip("\n") + "}\n"
     atomic_write_text(outputs.out / f"{stem}.json", body)
-    print(f"{path}: {len(frames)} frame(s), {count} object(s) -> {outputs.out / f'{stem}.mp4'}")
+    say(f"{path}: {len(frames)} frame(s), {count} object(s) -> {outputs.out / f'{stem}.mp4'}")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -592,7 +612,7 @@ def run_predict(args: argparse.Namespace) -> int:
     _check_targets(sources, stems, out)
     model = _load_detector(args)
     run = {"conf_threshold": args.conf, "iou_threshold": args.iou, "max_detections": args.max_detections,
-           "classes": _class_ids(args.classes, model.info.class_names)}  # fmt: skip
+           "classes": _class_ids(args.classes, model.info.class_names), "augment": args.augment}  # fmt: skip
     model.thresholds(args.conf, args.iou, args.max_detections)  # a file with NMS inside says now if it cannot
     ids = _ResultIds(args.data, model.info)
     outputs = _Outputs(out, args.save_txt, args.save_crops)

@@ -4,15 +4,16 @@ cannot use).
 
 :func:`coco_metrics` takes ground truth and detections per image as tensors and returns fractions
 in [0, 1]: ``map`` (mAP@[.5:.95]), ``map50``, ``map75``, ``mar100`` (AR with 100 detections), the
-small/medium/large splits and ``per_class`` AP. A value COCO leaves undefined (no ground truth of
+small/medium/large splits, ``per_class`` AP (mAP@[.5:.95] of each class) and ``per_class_50``
+(AP@.5 of each class). A value COCO leaves undefined (no ground truth of
 that kind: COCOeval's ``-1``) is ``None``, never NaN.
 
 >>> import torch
 >>> truth = [{"boxes": torch.tensor([[10.0, 10, 30, 30]]), "labels": torch.tensor([0])}]
 >>> found = [{"boxes": torch.tensor([[10.0, 10, 30, 30]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}]
 >>> m = coco_metrics(truth, found, ["digit"])
->>> m["map"], m["map50"], m["per_class"]
-(1.0, 1.0, {'digit': 1.0})
+>>> m["map"], m["map50"], m["per_class"], m["per_class_50"]
+(1.0, 1.0, {'digit': 1.0}, {'digit': 1.0})
 """
 
 from __future__ import annotations
@@ -93,16 +94,21 @@ def coco_metrics(truth: Sequence[dict[str, Tensor]], found: Sequence[dict[str, T
     # precision: (IoU thresholds, recall points, classes, areas, max detections); area "all", 100 dets.
     precision = np.asarray(evaluator.eval["precision"]) if results else None
     per_class: dict[str, float | None] = {}
+    per_class_50: dict[str, float | None] = {}
     present = {int(a["category_id"]) for a in gt["annotations"]}
     for k, name in enumerate(class_names):
-        if k not in present:
-            per_class[str(name)] = None
-            continue
-        if precision is None:
-            per_class[str(name)] = 0.0
-            continue
-        p = precision[:, :, k, 0, -1]
-        p = p[p > -1]
-        per_class[str(name)] = round(float(p.mean()), 6) if p.size else 0.0
+        per_class[str(name)] = _class_ap(precision, k, None) if k in present else None
+        per_class_50[str(name)] = _class_ap(precision, k, 0) if k in present else None
     metrics["per_class"] = per_class
+    metrics["per_class_50"] = per_class_50
     return metrics
+
+
+def _class_ap(precision: Any, k: int, iou_index: int | None) -> float:
+    """AP of class ``k`` from COCOeval's precision array (area "all", 100 detections): the mean over the
+    IoU thresholds (``iou_index=None``) or at one of them (0: IoU 0.5); 0 when nothing was detected."""
+    if precision is None:
+        return 0.0
+    p = precision[:, :, k, 0, -1] if iou_index is None else precision[iou_index, :, k, 0, -1]
+    p = p[p > -1]
+    return round(float(p.mean()), 6) if p.size else 0.0

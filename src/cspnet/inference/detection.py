@@ -186,11 +186,27 @@ class DetectionModel(InferenceModel):
         return torch.stack([b[0] for b in boxed]), [b[1] for b in boxed]
 
     def detect_letterboxed(self, images_uint8: Tensor, limits: Thresholds | None = None,
-                           classes: Sequence[int] | None = None) -> list[dict[str, Tensor]]:  # fmt: skip
+                           classes: Sequence[int] | None = None, augment: bool = False) -> list[dict[str, Tensor]]:  # fmt: skip
         """Letterboxed ``uint8 (N, 3, S, S)`` images -> per image ``boxes`` (input pixels), ``scores``,
-        ``labels`` after the post-processing rule with ``limits`` (default: :meth:`thresholds`)."""
-        outputs = self.outputs(self.preprocess(images_uint8))
-        return self.postprocess(outputs, tuple(images_uint8.shape), limits or self.thresholds(), classes)
+        ``labels`` after the post-processing rule with ``limits`` (default: :meth:`thresholds`).
+
+        ``augment``: test-time augmentation (:mod:`cspnet.detection.tta`): the decoded boxes of every
+        view meet in the one post-processing. A file with NMS inside cannot be augmented (``ValueError``).
+        """
+        if not augment:
+            outputs = self.outputs(self.preprocess(images_uint8))
+            return self.postprocess(outputs, tuple(images_uint8.shape), limits or self.thresholds(), classes)
+        if self.info.output == "detections":
+            raise ValueError(f"{self.info.model_name}: test-time augmentation needs the decoded boxes of every view, "
+                             "and this file's graph applies NMS itself: export it without --nms to use --augment")
+        from cspnet.detection.tta import augmented_predictions
+
+        def decoded(x: Tensor) -> tuple[Tensor, Tensor]:
+            boxes, scores = self.outputs(self.preprocess(x))
+            return boxes, scores
+
+        merged = augmented_predictions(decoded, images_uint8)
+        return self.postprocess(list(merged), tuple(images_uint8.shape), limits or self.thresholds(), classes)
 
     def postprocess(self, outputs: list[Tensor], shape: Sequence[int], limits: Thresholds,
                     classes: Sequence[int] | None = None) -> list[dict[str, Tensor]]:  # fmt: skip
@@ -219,10 +235,11 @@ class DetectionModel(InferenceModel):
 
     def detect(self, images: ImageLike | Iterable[ImageLike], conf_threshold: float | None = None,
                iou_threshold: float | None = None, max_detections: int | None = None,
-               classes: Sequence[int] | None = None) -> list[Detections]:  # fmt: skip
+               classes: Sequence[int] | None = None, augment: bool = False) -> list[Detections]:  # fmt: skip
         """Detections in each of ``images`` (see the module docstring), one :class:`Detections` per image.
 
         ``classes``: keep these class ids only. Thresholds default to the file's (:meth:`thresholds`).
+        ``augment``: test-time augmentation (:meth:`detect_letterboxed`).
         """
         limits = self.thresholds(conf_threshold, iou_threshold, max_detections)
         items = image_list(images)
@@ -232,7 +249,7 @@ class DetectionModel(InferenceModel):
             chunk = items[start : start + step]
             decoded = [as_image(item) for item in chunk]
             batch, boxes = self.letterbox(decoded)
-            for item, lb, found in zip(chunk, boxes, self.detect_letterboxed(batch, limits, classes)):
+            for item, lb, found in zip(chunk, boxes, self.detect_letterboxed(batch, limits, classes, augment)):
                 results.append(self.on_image(found, lb, str(item) if isinstance(item, str | os.PathLike) else None))
         return results
 

@@ -1,4 +1,4 @@
-"""Figures of a training run: the learning curves and the confusion matrix.
+"""Figures of a training run: the learning curves (``learning_curves.png``, ``results.png``) and the confusion matrix.
 
 Drawn on :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas, never through
 ``pyplot``: the library neither switches matplotlib's process-wide backend nor keeps figures alive.
@@ -16,7 +16,8 @@ import torch
 from cspnet.training.history import read_history
 
 
-def _figure(width: float, height: float):  # -> matplotlib.figure.Figure (import kept lazy)
+def new_figure(width: float, height: float) -> Any:  # a matplotlib.figure.Figure (the import kept lazy)
+    """A figure of ``width`` x ``height`` inches, drawn by the Agg canvas when saved (no pyplot)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
@@ -33,8 +34,12 @@ def plot_history(history_csv: Path, out_png: Path, panels: Sequence[Any]) -> Non
     if not rows:
         return
     epochs = [int(r["epoch"]) for r in rows]
-    fig = _figure(5 * len(panels), 4)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    columns = min(len(panels), 3)  # more panels wrap onto further rows
+    lines = math.ceil(len(panels) / columns)
+    fig = new_figure(5 * columns, 4 * lines)
+    axes = fig.subplots(lines, columns, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     for ax, panel in zip(axes, panels):
         shown: list[float] = []
         for column, label in panel.series:
@@ -57,23 +62,33 @@ def _cell(text: str | None) -> float:
     return float(text) if text not in (None, "") else float("nan")
 
 
-def plot_confusion_matrix(confusion: torch.Tensor, class_names: list[str], out_png: Path) -> None:
-    """Rows: true class, columns: predicted class; counts written in the cells for up to 20 classes."""
+def plot_confusion_matrix(confusion: torch.Tensor, class_names: list[str], out_png: Path, title: str = "confusion matrix",
+                          xlabel: str = "predicted", ylabel: str = "true", shade_rows: bool = False) -> None:  # fmt: skip
+    """Rows: true class, columns: predicted class, each named; counts written in the cells for up to 20 classes.
+
+    The colour is the count, or with ``shade_rows`` the count's share of its row (where the objects of
+    one true class went), so that a rare class reads as clearly as a frequent one.
+    """
     n = len(class_names)
-    size = min(12, 2 + 0.5 * n)
-    fig = _figure(size, size)
+    size = min(12, 3 + 0.5 * n)
+    fig = new_figure(size + 1, size)
     ax = fig.subplots()
-    ax.imshow(confusion.numpy(), cmap="Blues")
+    values = confusion.double()
+    shade = values / values.sum(1, keepdim=True).clamp(min=1) if shade_rows else values
+    image = ax.imshow(shade.numpy(), cmap="Blues", vmin=0, vmax=1 if shade_rows else None)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the row" if shade_rows else "count")
+    small = None if n <= 20 else max(4, 8 - n // 20)  # every class is named, smaller when there are many
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=small)
+    ax.set_yticks(range(n), class_names, fontsize=small)
     if n <= 20:
-        ax.set_xticks(range(n), class_names, rotation=90)
-        ax.set_yticks(range(n), class_names)
-        peak = int(confusion.max()) or 1
+        peak = float(shade.max()) or 1.0
         for i in range(n):
             for j in range(n):
                 value = int(confusion[i, j])
                 if value:
                     ax.text(j, i, str(value), ha="center", va="center",
-                            color="white" if value > peak / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
+                            color="white" if float(shade[i, j]) > peak / 2 else "black")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)

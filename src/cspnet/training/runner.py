@@ -411,8 +411,9 @@ def write_reports(plan: RunPlan, metrics: dict[str, Any]) -> None:
     from cspnet.training.plots import plot_history
 
     atomic_write_text(plan.output / "metrics.json", dumps_json(metrics))
-    with atomic_path(plan.output / "learning_curves.png") as tmp:
-        plot_history(plan.output / "history.csv", tmp, plan.task.panels)
+    for name, panels in plan.task.figures.items():  # learning_curves.png, and e.g. detection's results.png
+        with atomic_path(plan.output / name) as tmp:
+            plot_history(plan.output / "history.csv", tmp, panels)
 
 
 def fit(config: RunConfig, callbacks: Sequence[Any] = (), verbose: bool = True,

@@ -8,7 +8,8 @@ non-finite-loss and signal handling, ``metrics.json``. A task supplies only what
 * how a batch is collated, and its LightningModule (a :class:`~cspnet.training.resumable.ResumableModule`);
 * its validation metrics: the one ``best.ckpt`` follows (``monitor``), the ``history.csv``
   columns, the line printed after each epoch, and its part of ``metrics.json``;
-* the panels of its learning-curves figure.
+* the parts of its training loss (``history.csv`` columns ``train_<part>_loss``: the epoch's mean);
+* the panels of its learning-curves figures (``learning_curves.png``, and more in :attr:`Task.figures`).
 
 Adding a task is writing one :class:`Task` subclass and registering it in :data:`TASKS`
 (``docs/adding-a-family.md``, "Adding a task").
@@ -45,7 +46,14 @@ class Task:
     monitor: ClassVar[str]  # the val/<metric> best.ckpt keeps the highest of
     digits: ClassVar[int]  # decimals its metrics are reported with in metrics.json
     val_metrics: ClassVar[tuple[str, ...]]  # logged as val/<name>; history.csv columns val_<name>
+    loss_parts: ClassVar[tuple[str, ...]] = ()  # logged as train/<part>_loss; history.csv: their epoch means
     panels: ClassVar[tuple[Panel, ...]]
+
+    @property
+    def figures(self) -> dict[str, tuple[Panel, ...]]:
+        """The learning-curves figures a run writes (file name -> panels), all drawn by
+        :func:`~cspnet.training.plots.plot_history` from ``history.csv``."""
+        return {"learning_curves.png": self.panels}
 
     @property
     def config_class(self) -> type[RunConfig]:
@@ -144,6 +152,20 @@ class DetectionTask(Task):
         Panel("loss", "YOLOv3 loss", (("train_loss", "train (last batch)"), ("val_loss", "validation"))),
         Panel("validation mAP", "COCO AP (fraction)", (("val_map", "mAP@[.5:.95]"), ("val_map50", "mAP@.5")), (0, 1)),
     )
+    loss_parts = ("box", "obj", "cls")
+    results_panels = (
+        Panel("training box loss", "mean per step over the epoch", (("train_box_loss", "box"),)),
+        Panel("training objectness loss", "mean per step over the epoch", (("train_obj_loss", "objectness"),)),
+        Panel("training class loss", "mean per step over the epoch", (("train_cls_loss", "class"),)),
+        Panel("loss (box + objectness + class)", "YOLOv3 loss", (("train_loss", "train (last batch)"),
+                                                                  ("val_loss", "validation"))),  # fmt: skip
+        Panel("validation accuracy", "fraction (COCO)", (("val_map", "mAP@[.5:.95]"), ("val_map50", "mAP@.5"),
+                                                         ("val_mar100", "recall AR@100")), (0, 1)),  # fmt: skip
+    )
+
+    @property
+    def figures(self) -> dict[str, tuple[Panel, ...]]:
+        return {**super().figures, "results.png": self.results_panels}
 
     @property
     def config_class(self) -> type[RunConfig]:
@@ -192,7 +214,7 @@ class DetectionTask(Task):
     def final_metrics(self, module: Any, last: dict[str, float]) -> dict[str, Any]:
         coco = module.coco  # the last validation's full COCO metrics, gathered from every process
         return {**{name: coco.get(name) for name in COCO_METRICS}, "per_class_ap": coco.get("per_class", {}),
-                "val_images": coco.get("images")}  # fmt: skip
+                "per_class_ap50": coco.get("per_class_50", {}), "val_images": coco.get("images")}  # fmt: skip
 
     def result_line(self, metrics: dict[str, Any]) -> str:
         return (f"{metrics['model']}: mAP {_fmt(metrics['map'], '.4f')}  mAP@.5 {_fmt(metrics['map50'], '.4f')}  "
