@@ -5,13 +5,15 @@ seeds and the checkpoint state of exact resume, shared with the classifier).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 import torchmetrics
-from torch import Tensor
+from torch import Tensor, nn
 
 from cspnet.detection.data import BoxAugment, Mosaic
+from cspnet.detection.data.mixup import DetectionMixup, MultiScale
 from cspnet.detection.loss import YoloLoss
 from cspnet.detection.metrics import coco_metrics
 from cspnet.models.detectors.model import Detector
@@ -19,6 +21,8 @@ from cspnet.ops.postprocess import postprocess_numpy
 from cspnet.ops.thresholds import EVALUATE
 from cspnet.training.detection_config import DetectionTrainConfig
 from cspnet.training.resumable import ResumableModule
+
+log = logging.getLogger(__name__)
 
 
 def split_targets(targets: Tensor, batch: int) -> list[dict[str, Tensor]]:
@@ -46,25 +50,83 @@ class DetectorModule(ResumableModule):
         self.loss = YoloLoss(model.get_buffer("anchors"), model.strides, model.num_classes, cfg.box_loss,
                              cfg.ignore_threshold, anchor_threshold=cfg.anchor_threshold)  # fmt: skip
         hflip = cfg.hflip or 0.0
-        self.augment = BoxAugment((cfg.scale_min, cfg.scale_max), cfg.translate, hflip, cfg.jitter) if cfg.augment else None
-        self.mosaic = Mosaic(cfg.mosaic) if cfg.augment and cfg.mosaic > 0 else None
+        on = cfg.augment
+        self.augment = BoxAugment((cfg.scale_min, cfg.scale_max), cfg.translate, hflip, cfg.jitter) if on else None
+        self.mosaic = Mosaic(cfg.mosaic) if on and cfg.mosaic else None
+        self.mixup = DetectionMixup(cfg.mixup) if on and cfg.mixup else None
+        self.multi_scale = MultiScale(cfg.multi_scale, model.max_stride) if on and cfg.multi_scale else None
         self.val_loss = torchmetrics.MeanMetric()
         self._val_truth: list[dict[str, Tensor]] = []
         self._val_found: list[dict[str, Tensor]] = []
         self.coco: dict[str, Any] = {}  # the last validation's full COCO metrics (per-class AP included)
 
+    def backbone(self) -> tuple[nn.Module, str, dict[str, Any]]:
+        """The detector's feature extractor, built from the registered classifier its config names."""
+        config = self.model.config
+        return self.model.backbone, config.backbone, dict(config.backbone_overrides)
+
+    # -- anchors -----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Before training: the anchors fitted to the training boxes, when ``--fit-anchors`` asks for it."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and datamodule is not None and "anchors" not in self.hparams["model_overrides"]:
+            self.fit_anchors(datamodule.train_set)
+
+    def fit_anchors(self, train_set: Any) -> None:
+        """Measure the model's anchors on ``train_set``'s boxes and, as ``--fit-anchors`` says, replace them.
+
+        New anchors are written where the run keeps its settings (``model_overrides`` of the
+        hyper-parameters and of ``train_config``), so checkpoints, resumed runs and exported files have them.
+        """
+        from cspnet.detection.anchors import anchor_quality, fit_anchors, needs_fit, training_box_sizes
+
+        mode = self.cfg.fit_anchors
+        if mode == "off":
+            return
+        anchors = self.model.get_buffer("anchors")
+        wh = training_box_sizes(train_set)
+        quality = anchor_quality(wh, anchors.reshape(-1, 2))
+        if mode == "auto" and not needs_fit(quality):
+            log.info("the model's anchors fit the %d training boxes: %s", len(wh), quality)
+            return
+        stock = tuple((float(w), float(h)) for w, h in anchors.reshape(-1, 2).tolist())
+        fit = fit_anchors(wh, stock, seed=self.cfg.seed)
+        log.warning("anchors fitted to %d training boxes (%s): %s -> %s; anchors (w, h) %s", fit.boxes,
+                    "--fit-anchors on" if mode == "on" else f"{fit.before.bpr:.3f} recall is under 0.98",
+                    fit.before, fit.after, ", ".join(f"{w:g}x{h:g}" for w, h in fit.anchors))  # fmt: skip
+        self.set_anchors(fit.grid(len(self.model.strides)))
+
+    def set_anchors(self, grid: Tensor) -> None:
+        """Use ``grid`` ``(scales, A, 2)`` as the anchors of the model, its EMA, the loss and the run's settings."""
+        for module in (self.model, self.loss, *([self.ema.module] if self.ema is not None else [])):
+            module.get_buffer("anchors").copy_(grid)
+        pairs = tuple(tuple(pair) for pair in grid.reshape(-1, 2).tolist())
+        self.hparams["model_overrides"] = {**self.hparams["model_overrides"], "anchors": pairs}
+        config = self.hparams["train_config"]
+        config["model_overrides"] = {**config.get("model_overrides", {}), "anchors": pairs}
+
     # -- training ----------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
-        x = images.float() / 255.0
-        if self.mosaic is not None:  # before the affine: the mosaic is then zoomed and shifted as one image
-            x, targets = self.mosaic(x, targets)
-        if self.augment is not None:
-            x, targets = self.augment(x, targets)
+        x, targets = self.augmented(images.float() / 255.0, targets)
         loss, parts = self.loss(self.model(self.model_input(x)), targets, (x.shape[-2], x.shape[-1]))
         for name, value in parts.items():
             self.log(f"train/{name}_loss", value)
         return self.track_loss(loss)
+
+    def augmented(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """A training batch (pixels in [0, 1]) through the recipe: mosaic, mixup (both off in the last
+        ``--close-mosaic`` epochs), the random affine with flip and colour, then the multi-scale side."""
+        mixing = self.current_epoch < self.cfg.epochs - (self.cfg.close_mosaic or 0)
+        if self.mosaic is not None and mixing:  # before the affine: the mosaic is then zoomed and shifted as one image
+            x, targets = self.mosaic(x, targets)
+        if self.mixup is not None and mixing:
+            x, targets = self.mixup(x, targets)
+        if self.augment is not None:
+            x, targets = self.augment(x, targets)
+        if self.multi_scale is not None:
+            x, targets = self.multi_scale(x, targets)
+        return x, targets
 
     # -- validation --------------------------------------------------------------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 import torchmetrics
-from torch import Tensor
+from torch import Tensor, nn
 
 from cspnet.training.config import RunConfig
 from cspnet.training.ema import ModelEma
@@ -75,6 +75,10 @@ class ResumableModule(L.LightningModule):
         self.ema = ModelEma(self.model, self.cfg.ema_decay) if self.cfg.ema else None
         self.train_loss = torchmetrics.MeanMetric()
         self.resume_position: dict[str, int] | None = None
+        self.frozen = self._frozen_parts()
+        backbone_file = getattr(self.cfg, "pretrained_backbone", None)
+        if backbone_file and not self.cfg.resume:  # a resumed run's weights come from its checkpoint
+            self.load_pretrained_backbone(backbone_file)
 
     def model_input(self, images: Tensor) -> Tensor:
         """uint8 images or ``[0, 1]`` floats ``(N, C, H, W)`` -> the model's normalised input (in the run's
@@ -97,10 +101,82 @@ class ResumableModule(L.LightningModule):
         if self.ema is not None:  # the average starts from the pretrained weights, not the random ones
             self.ema = ModelEma(self.model, self.cfg.ema_decay)
 
+    # -- transfer learning: the backbone from a classifier's weights, freezing ---------------------
+    def backbone(self) -> tuple[nn.Module, str, dict[str, Any]]:
+        """``(module, name, overrides)``: the module holding the model's backbone (``stem``, ``stages``,
+        ``final_norm``), and the registered classifier (name and config overrides) it is built as.
+        A classifier is its own backbone; the detector module answers with its feature extractor."""
+        return self.model, self.hparams["model_name"], dict(self.hparams["model_overrides"])
+
+    def load_pretrained_backbone(self, path: str) -> None:
+        """Start the backbone from the classification weights in ``path``, converted from their layout
+        as ``create_model(pretrained=...)`` converts them (their classifier, if any, is left out)."""
+        from cspnet.convert import CheckpointError, load_checkpoint
+        from cspnet.models import create_model
+
+        body, name, overrides = self.backbone()
+        source = create_model(name, num_classes=0, **overrides)  # the classifier, headless
+        for note in load_checkpoint(source, path):
+            log.info("--pretrained-backbone %s: %s", path, note)
+        state, own = source.state_dict(), body.state_dict()
+        wanted = [k for k in own if not k.startswith("head.")]
+        missing = [k for k in wanted if k not in state or state[k].shape != own[k].shape]
+        if missing:  # cannot happen for a file that loaded into the same registered classifier
+            raise CheckpointError(f"--pretrained-backbone {path}: does not fit the backbone ({', '.join(missing[:3])})")
+        body.load_state_dict({k: state[k] for k in wanted}, strict=False)
+        log.info("--pretrained-backbone %s: %d backbone tensors of %s loaded", path, len(wanted), name)
+        if self.ema is not None:  # the average starts from the loaded weights
+            self.ema = ModelEma(self.model, self.cfg.ema_decay)
+
+    def _frozen_parts(self) -> list[nn.Module]:
+        """The modules ``--freeze`` keeps fixed: the whole backbone, or its stem and first N stages."""
+        freeze = getattr(self.cfg, "freeze", None)
+        if freeze is None:
+            return []
+        from cspnet.training.detection_config import frozen_stages
+
+        stages = frozen_stages(freeze)
+        body = self.backbone()[0]
+        blocks = list(body.get_submodule("stages").children())
+        parts = [body.get_submodule("stem"), *blocks]
+        if stages == -1:
+            return [*parts, body.get_submodule("final_norm")]
+        if stages is None or stages > len(blocks):
+            raise ValueError(f"--freeze {freeze} is invalid: the backbone has {len(blocks)} stages")
+        return parts[: 1 + stages]
+
+    def freezing(self) -> bool:
+        """Whether ``--freeze`` holds at the current epoch (``--freeze-epochs``: its first epochs only)."""
+        epochs = getattr(self.cfg, "freeze_epochs", None)
+        return bool(self.frozen) and (epochs is None or self.current_epoch < epochs)
+
+    def apply_freeze(self) -> None:
+        """Frozen parts take no gradient (the optimizer then leaves them and their weight decay alone)
+        and keep their BatchNorm statistics (eval mode); parts past ``--freeze-epochs`` train again."""
+        frozen = self.freezing()
+        for part in self.frozen:
+            for p in part.parameters():
+                p.requires_grad_(not frozen)
+            if frozen:
+                part.eval()
+            elif self.training:
+                part.train()
+
+    def train(self, mode: bool = True) -> ResumableModule:
+        # Lightning puts the whole module in training mode after each validation: frozen BN stays in eval.
+        super().train(mode)
+        if mode and self.frozen and self._trainer is not None and self.freezing():
+            for part in self.frozen:
+                part.eval()
+        return self
+
     # -- training ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         if self.ema is not None:
             self.ema.module.to(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        self.apply_freeze()  # at every epoch: a resumed run finds its freezing where it was
 
     def on_train_start(self) -> None:
         # A checkpoint restores the schedule's own length; a resumed run with more --epochs stretches it.
