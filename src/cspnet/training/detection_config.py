@@ -99,6 +99,9 @@ class DetectionTrainConfig(RunConfig):
                "backbone's first N stages"})  # fmt: skip
     freeze_epochs: int | None = bounded(None, 1, integer=True, optional=True,
                                         doc="--freeze: for this many first epochs (default: the whole run)")  # fmt: skip
+    calibrate_bn: int = bounded(32, 0, integer=True,
+                                doc="before each validation, the evaluated weights' BatchNorm statistics are measured "
+                                    "again on this many training images (0: off)")  # fmt: skip
     box_loss: str = one_of("auto", ("auto", *BOX_LOSSES),
                            doc=f"YOLOv3 offsets or an IoU loss (auto: {DIGITS_RECIPE.box_loss} for digits, else "
                                f"{USER_RECIPE.box_loss})")  # fmt: skip

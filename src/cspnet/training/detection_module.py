@@ -67,17 +67,15 @@ class DetectorModule(ResumableModule):
 
     # -- anchors -----------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Before training: the anchors fitted to the training boxes, when ``--fit-anchors`` asks for it."""
+        """Before a new run trains: the anchors fitted to the training boxes, when ``--fit-anchors`` asks
+        for it (a resumed run takes those of its checkpoint: :meth:`on_load_checkpoint`)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "fit" and datamodule is not None and "anchors" not in self.hparams["model_overrides"]:
+        given = "anchors" in self.hparams["model_overrides"]
+        if stage == "fit" and datamodule is not None and not given and not self.cfg.resume:
             self.fit_anchors(datamodule.train_set)
 
     def fit_anchors(self, train_set: Any) -> None:
-        """Measure the model's anchors on ``train_set``'s boxes and, as ``--fit-anchors`` says, replace them.
-
-        New anchors are written where the run keeps its settings (``model_overrides`` of the
-        hyper-parameters and of ``train_config``), so checkpoints, resumed runs and exported files have them.
-        """
+        """Measure the model's anchors on ``train_set``'s boxes and, as ``--fit-anchors`` says, replace them."""
         from cspnet.detection.anchors import anchor_quality, fit_anchors, needs_fit, training_box_sizes
 
         mode = self.cfg.fit_anchors
@@ -91,19 +89,35 @@ class DetectorModule(ResumableModule):
             return
         stock = tuple((float(w), float(h)) for w, h in anchors.reshape(-1, 2).tolist())
         fit = fit_anchors(wh, stock, seed=self.cfg.seed)
-        log.warning("anchors fitted to %d training boxes (%s): %s -> %s; anchors (w, h) %s", fit.boxes,
-                    "--fit-anchors on" if mode == "on" else f"{fit.before.bpr:.3f} recall is under 0.98",
+        why = "--fit-anchors on" if mode == "on" else f"the model's recall {fit.before.bpr:.3f} is under 0.98"
+        log.warning("anchors fitted to %d training boxes (%s): %s -> %s; anchors (w, h) %s", fit.boxes, why,
                     fit.before, fit.after, ", ".join(f"{w:g}x{h:g}" for w, h in fit.anchors))  # fmt: skip
         self.set_anchors(fit.grid(len(self.model.strides)))
 
-    def set_anchors(self, grid: Tensor) -> None:
-        """Use ``grid`` ``(scales, A, 2)`` as the anchors of the model, its EMA, the loss and the run's settings."""
+    def set_anchors(self, grid: Tensor | Any) -> None:
+        """Use ``grid`` (``(scales, A, 2)``, or ``((w, h), ...)``) as the anchors of the model, its EMA and
+        the loss; recorded in the ``model_overrides`` of every checkpoint, so that resumed runs, ``val``,
+        ``predict`` and exported files build the model with them."""
+        grid = torch.as_tensor(grid, dtype=torch.float32).reshape(self.model.get_buffer("anchors").shape)
         for module in (self.model, self.loss, *([self.ema.module] if self.ema is not None else [])):
             module.get_buffer("anchors").copy_(grid)
         pairs = tuple(tuple(pair) for pair in grid.reshape(-1, 2).tolist())
         self.hparams["model_overrides"] = {**self.hparams["model_overrides"], "anchors": pairs}
-        config = self.hparams["train_config"]
-        config["model_overrides"] = {**config.get("model_overrides", {}), "anchors": pairs}
+
+    def load_pretrained(self, path: str) -> None:
+        """As :meth:`ResumableModule.load_pretrained`; a ``detect train`` checkpoint's anchors come with its
+        weights (its head learnt them), unless this run's anchors were given."""
+        super().load_pretrained(path)
+        anchors = _checkpoint_anchors(path)
+        if anchors is not None and "anchors" not in self.hparams["model_overrides"]:
+            self.set_anchors(anchors)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.coco = dict(checkpoint.get("cspnet_coco", {}))
+        anchors = (checkpoint.get("model_overrides") or {}).get("anchors")
+        if anchors is not None and "anchors" not in self.hparams["model_overrides"]:
+            self.set_anchors(anchors)  # fitted when the run started
 
     # -- training ----------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -127,6 +141,15 @@ class DetectorModule(ResumableModule):
         if self.multi_scale is not None:
             x, targets = self.multi_scale(x, targets)
         return x, targets
+
+    def calibration_batches(self, count: int) -> list[Tensor]:
+        """``count`` training images chosen once by the run's seed, letterboxed, not augmented, in batches."""
+        train_set = self.trainer.datamodule.train_set  # type: ignore[attr-defined]
+        count = min(count, len(train_set))
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(self.cfg.seed))[:count]
+        images = torch.stack([train_set[int(i)][0] for i in order]).to(self.device)
+        size = max(1, min(self.cfg.batch_size, count))
+        return [self.model_input(images[i : i + size].float() / 255.0) for i in range(0, count, size)]
 
     # -- validation --------------------------------------------------------------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -162,6 +185,16 @@ class DetectorModule(ResumableModule):
         super().on_save_checkpoint(checkpoint)
         checkpoint["cspnet_coco"] = self.coco
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self.coco = dict(checkpoint.get("cspnet_coco", {}))
+
+def _checkpoint_anchors(path: str) -> Any:
+    """The anchors a ``detect train`` checkpoint was trained with (``None``: none recorded, or not such a file)."""
+    from cspnet.convert import CheckpointError, load_torch_file
+
+    if not path.lower().endswith((".ckpt", ".pt", ".pth")):
+        return None
+    try:
+        ckpt = load_torch_file(path)
+    except CheckpointError:
+        return None
+    overrides = ckpt.get("model_overrides") if isinstance(ckpt, dict) and ckpt.get("task") == "detection" else None
+    return overrides.get("anchors") if isinstance(overrides, dict) else None
