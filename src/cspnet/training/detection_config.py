@@ -51,7 +51,7 @@ class Recipe:
 
 DIGITS_RECIPE = Recipe(lr=1e-2, weight_decay=0.05, warmup_epochs=1.0, box_loss="offsets", anchor_threshold=0.25,
                        mosaic=0.0, mixup=0.0, multi_scale=0.0, close_mosaic_share=0.1)  # fmt: skip
-USER_RECIPE = Recipe(lr=1e-2, weight_decay=0.05, warmup_epochs=1.0, box_loss="ciou", anchor_threshold=0.25,
+USER_RECIPE = Recipe(lr=1e-2, weight_decay=0.05, warmup_epochs=1.0, box_loss="offsets", anchor_threshold=0.25,
                      mosaic=0.5, mixup=0.0, multi_scale=0.0, close_mosaic_share=0.1)  # fmt: skip
 SGD_LR = 0.01
 FINETUNE_LR_FACTOR = 0.1  # --pretrained (a whole detector): the learning rate x this
