@@ -189,9 +189,10 @@ class ResumableModule(L.LightningModule):
             self.ema.module.to(self.device)
 
     def on_train_epoch_start(self) -> None:
-        self.apply_freeze()  # at every epoch: a resumed run finds its freezing where it was
+        self.apply_freeze()  # --freeze-epochs: the epoch the frozen parts start training
 
     def on_train_start(self) -> None:
+        self.apply_freeze()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
         # A checkpoint restores the schedule's own length; a resumed run with more --epochs stretches it.
         for config in self.trainer.lr_scheduler_configs:
             for schedule in getattr(config.scheduler, "lr_lambdas", []):
