@@ -80,6 +80,7 @@ class DetectionTrainConfig(RunConfig):
     weight_decay: float | None = bounded(None, 0.0, optional=True,
                                          doc=f"default: adamw {DIGITS_RECIPE.weight_decay:g} for digits, else "
                                              f"{USER_RECIPE.weight_decay:g}; sgd 5e-4")  # fmt: skip
+    # None until resolved (the recipe of the data, or a fine-tune): RunConfig declares a plain number.
     warmup_epochs: float | None = bounded(None, 0.0, optional=True,  # type: ignore[assignment]
                                           doc=f"linear learning-rate warm-up (default: {DIGITS_RECIPE.warmup_epochs:g} "
                                               f"for digits, else {USER_RECIPE.warmup_epochs:g}; "
