@@ -196,3 +196,20 @@ def test_both_pretrained_files_at_once_are_refused(tmp_path):
     weights.write_bytes(b"x")
     with pytest.raises(ValueError, match="--pretrained-backbone .* and --pretrained .* together"):
         DetectionTrainConfig(pretrained=str(weights), pretrained_backbone=str(weights)).validate()
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_mosaic_tiles_keep_the_objects_scale(seed):
+    """Each tile shows its image at its own size: a square the split point does not cut keeps its 14 x 12 px,
+    one it cuts keeps at least 40 % of its area; nothing is resized."""
+    from cspnet.detection.data import Mosaic
+
+    print(f"seed {seed}")
+    images, targets = squares(8, side=64)
+    torch.manual_seed(seed)
+    out, moved = Mosaic(p=1.0)(images, targets)
+    sides = moved[:, 4:6] - moved[:, 2:4]
+    assert len(moved) and bool((sides <= torch.tensor([14.0, 12.0]) + 1e-4).all())
+    assert bool((sides.prod(1) >= 0.4 * 14 * 12 - 1e-3).all())
+    assert bool(((sides - torch.tensor([14.0, 12.0])).abs() < 1e-4).all(1).any())  # some squares stay whole
+    assert set(torch.unique(out).tolist()) <= {0.0, 1.0}  # pixels copied, not interpolated
