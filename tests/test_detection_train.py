@@ -23,7 +23,7 @@ def test_a_tiny_detector_overfits_a_few_images(tmp_path):
     data = make_shapes(tmp_path / "shapes", 4, repeat=4)  # 4 steps of 4 images per epoch
     cfg = DetectionTrainConfig(data=str(data), model_overrides=TINY, img_size=64, epochs=25, batch_size=4,
                                lr=3e-3, weight_decay=0.0, warmup_epochs=1, min_lr_ratio=0.5, augment=False, ema=False,
-                               output=str(tmp_path / "run"), checkpoint_every=0)
+                               box_loss="offsets", output=str(tmp_path / "run"), checkpoint_every=0)
     result = fit(cfg, verbose=False)
     m = result.metrics
     assert m["map50"] > 0.9, m

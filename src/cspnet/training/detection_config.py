@@ -47,12 +47,13 @@ class Recipe:
     mixup: float
     multi_scale: float
     close_mosaic_share: float  # the last share of the epochs without mosaic and mixup (when either is on)
+    fit_anchors: bool
 
 
 DIGITS_RECIPE = Recipe(lr=1e-2, weight_decay=0.05, warmup_epochs=1.0, box_loss="offsets", anchor_threshold=0.25,
-                       mosaic=0.0, mixup=0.0, multi_scale=0.0, close_mosaic_share=0.1)  # fmt: skip
-USER_RECIPE = Recipe(lr=1e-2, weight_decay=0.05, warmup_epochs=1.0, box_loss="offsets", anchor_threshold=0.25,
-                     mosaic=0.5, mixup=0.0, multi_scale=0.0, close_mosaic_share=0.1)  # fmt: skip
+                       mosaic=0.0, mixup=0.0, multi_scale=0.0, close_mosaic_share=0.1, fit_anchors=False)  # fmt: skip
+USER_RECIPE = Recipe(lr=1e-2, weight_decay=0.05, warmup_epochs=1.0, box_loss="ciou", anchor_threshold=0.25,
+                     mosaic=0.0, mixup=0.0, multi_scale=0.0, close_mosaic_share=0.1, fit_anchors=True)  # fmt: skip
 SGD_LR = 0.01
 FINETUNE_LR_FACTOR = 0.1  # --pretrained (a whole detector): the learning rate x this
 FINETUNE_WARMUP_EPOCHS = 0.25  # --pretrained: a short warm-up
@@ -112,9 +113,11 @@ class DetectionTrainConfig(RunConfig):
         doc=f"also train every anchor whose shape IoU with a box exceeds this (YOLOv4's iou_thresh; 1: YOLOv3's best "
             f"anchor only; default: {DIGITS_RECIPE.anchor_threshold:g} for digits, else {USER_RECIPE.anchor_threshold:g})")  # fmt: skip
     fit_anchors: str = one_of("auto", FIT_ANCHORS,
-                              doc="fit the anchors to the training boxes (k-means, then a genetic refinement); auto: "
-                                  "when the model's anchors recall fewer than 0.98 of the boxes (a box is recalled by "
-                                  "an anchor of shape IoU 0.25 or more). Anchors given with --set are kept")  # fmt: skip
+                              doc=f"fit the anchors to the training boxes (k-means on shape IoU, then a genetic "
+                                  f"refinement) and use them when they fit better (mean best IoU +0.02 or more); "
+                                  f"auto: {'on' if DIGITS_RECIPE.fit_anchors else 'off'} for digits, else "
+                                  f"{'on' if USER_RECIPE.fit_anchors else 'off'}. Anchors given with --set, or "
+                                  f"those of a --pretrained detector, are kept")  # fmt: skip
     scale_min: float = bounded(0.7, 0.0, low_open=True, doc="random affine zoom range, low end")
     scale_max: float = bounded(1.3, 0.0, low_open=True, doc="random affine zoom range, high end")
     translate: float = bounded(0.15, 0.0, 0.5, doc="random affine shift, as a fraction of the side")
@@ -177,6 +180,7 @@ class DetectionTrainConfig(RunConfig):
             "mixup": mixup,
             "close_mosaic": _given(self.close_mosaic, close),
             "multi_scale": _given(self.multi_scale, recipe.multi_scale),
+            "fit_anchors": ("on" if recipe.fit_anchors else "off") if self.fit_anchors == "auto" else self.fit_anchors,
         }
 
 

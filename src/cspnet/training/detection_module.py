@@ -75,23 +75,22 @@ class DetectorModule(ResumableModule):
             self.fit_anchors(datamodule.train_set)
 
     def fit_anchors(self, train_set: Any) -> None:
-        """Measure the model's anchors on ``train_set``'s boxes and, as ``--fit-anchors`` says, replace them."""
-        from cspnet.detection.anchors import anchor_quality, fit_anchors, needs_fit, training_box_sizes
+        """Fit anchors to ``train_set``'s boxes and use them when they fit better than the model's
+        (:meth:`cspnet.detection.anchors.AnchorFit.better`), as ``--fit-anchors`` says; either way the
+        quality of the anchors trained with is reported."""
+        from cspnet.detection.anchors import fit_anchors, training_box_sizes
 
-        mode = self.cfg.fit_anchors
-        if mode == "off":
+        if self.cfg.fit_anchors == "off":
             return
         anchors = self.model.get_buffer("anchors")
-        wh = training_box_sizes(train_set)
-        quality = anchor_quality(wh, anchors.reshape(-1, 2))
-        if mode == "auto" and not needs_fit(quality):
-            log.info("the model's anchors fit the %d training boxes: %s", len(wh), quality)
-            return
         stock = tuple((float(w), float(h)) for w, h in anchors.reshape(-1, 2).tolist())
-        fit = fit_anchors(wh, stock, seed=self.cfg.seed)
-        why = "--fit-anchors on" if mode == "on" else f"the model's recall {fit.before.bpr:.3f} is under 0.98"
-        log.warning("anchors fitted to %d training boxes (%s): %s -> %s; anchors (w, h) %s", fit.boxes, why,
-                    fit.before, fit.after, ", ".join(f"{w:g}x{h:g}" for w, h in fit.anchors))  # fmt: skip
+        fit = fit_anchors(training_box_sizes(train_set), stock, seed=self.cfg.seed)
+        if fit.after == fit.before:
+            log.info("the model's anchors fit the %d training boxes (%s); fitted ones were no better", fit.boxes,
+                     fit.before)  # fmt: skip
+            return
+        log.warning("anchors fitted to the %d training boxes: %s -> %s; anchors (w, h) %s", fit.boxes, fit.before,
+                    fit.after, ", ".join(f"{w:g}x{h:g}" for w, h in fit.anchors))  # fmt: skip
         self.set_anchors(fit.grid(len(self.model.strides)))
 
     def set_anchors(self, grid: Tensor | Any) -> None:
