@@ -182,8 +182,17 @@ def test_the_library_state_dict_round_trips(tmp_path: Path) -> None:
     torch.save(model.state_dict(), tmp_path / "detector.pt")
     loaded = cspnet.create_model("cspdensenet_bc40_efm", num_classes=3, pretrained=tmp_path / "detector.pt")
     assert all(torch.equal(a, b) for a, b in zip(_state(model).values(), _state(loaded).values()))
-    with pytest.raises(CheckpointError, match="mis-shaped keys.*head.levels.0.2.weight"):
-        cspnet.create_model("cspdensenet_bc40_efm", num_classes=5, pretrained=tmp_path / "detector.pt")
+    # Another class count: everything but the prediction convs loads, they stay fresh (as a classifier's head).
+    torch.manual_seed(0)
+    fresh = cspnet.create_model("cspdensenet_bc40_efm", num_classes=5)
+    torch.manual_seed(0)
+    other = cspnet.create_model("cspdensenet_bc40_efm", num_classes=5, pretrained=tmp_path / "detector.pt")
+    prediction = {f"head.levels.{i}.2.{kind}" for i in range(3) for kind in ("weight", "bias")}
+    for key, value in other.state_dict().items():
+        assert torch.equal(value, (fresh if key in prediction else model).state_dict()[key]), key
+    with pytest.raises(CheckpointError, match="mis-shaped keys.*neck"):
+        cspnet.create_model("cspdensenet_bc40_efm", num_classes=3, neck_widths=(16, 32, 64),
+                            pretrained=tmp_path / "detector.pt")  # another width is no class count
 
 
 # -- CSP necks: the same permutation as the backbone's CSP stages --------------------------------------

@@ -250,6 +250,18 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "weight file") -> 
         ) from exc
 
 
+def file_kind(path: Path) -> str:
+    """The suffix that says how ``path`` is read; darknet's ``partial`` files (``<net>.conv.<layers>``,
+    e.g. ``csdarknet53-omega.conv.105``) are ``.weights`` files.
+
+    >>> file_kind(Path("yolov4.conv.137")), file_kind(Path("model.PTH"))
+    ('.weights', '.pth')
+    """
+    if re.fullmatch(r"\.\d+", path.suffix) and Path(path.stem).suffix.lower() == ".conv":
+        return ".weights"
+    return path.suffix.lower()
+
+
 def read_state_dict(path: str | os.PathLike[str], model: nn.Module | None = None) -> StateDict:
     """Read a weight file into a flat ``{name: tensor}`` dict without executing code from it.
 
@@ -259,7 +271,7 @@ def read_state_dict(path: str | os.PathLike[str], model: nn.Module | None = None
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    suffix = path.suffix.lower()
+    suffix = file_kind(path)
     if suffix not in (".safetensors", *_FILE_READERS):
         return _unwrap(load_torch_file(path, "weight file"), path)
     try:
@@ -307,11 +319,36 @@ def _first_conv_name(model: nn.Module) -> str | None:
     return None
 
 
-def _head_names(model: nn.Module) -> set[str]:
+def _class_layers(model: nn.Module) -> tuple[list[str], int]:
+    """The layers whose output rows are per class, and how many rows each class has.
+
+    A classifier: ``head.fc`` (one row per class). A model whose outputs are laid out otherwise says
+    so with a ``class_layers()`` method (a detector: its prediction convs, one row per anchor and class).
+    """
+    declared = getattr(model, "class_layers", None)
+    if callable(declared):
+        names, per_class = declared()
+        return list(names), int(per_class)
     fc = getattr(getattr(model, "head", None), "fc", None)
-    if not isinstance(fc, nn.Linear):
-        return set()
-    return {"head.fc.weight", "head.fc.bias"}
+    return (["head.fc"], 1) if isinstance(fc, nn.Linear) else ([], 0)
+
+
+def _skip_class_layers(model: nn.Module, state: StateDict, own: StateDict) -> tuple[set[str], int] | None:
+    """The keys of class layers that are in ``state`` for another class count, with that count, else ``None``.
+
+    Every class layer's weight and bias must be in the file, with the model's shape in every
+    dimension but the rows, and the rows must differ by a whole number of classes.
+    """
+    layers, per_class = _class_layers(model)
+    keys = {f"{name}.{kind}" for name in layers for kind in ("weight", "bias")}
+    if not layers or not all(k in state and k in own for k in keys):
+        return None
+    if any(state[k].dim() != own[k].dim() or state[k].shape[1:] != own[k].shape[1:] for k in keys):
+        return None
+    extra = {state[k].shape[0] - own[k].shape[0] for k in keys}
+    if len(extra) != 1 or 0 in extra or next(iter(extra)) % per_class:
+        return None
+    return keys, getattr(model, "num_classes", 0) + next(iter(extra)) // per_class
 
 
 def _summarise(label: str, keys: list[str], limit: int = 12) -> str:
@@ -339,40 +376,27 @@ def load_weights(model: nn.Module, state: StateDict, source: str = "checkpoint")
         if adapted is not None:
             state[first_conv] = adapted
             notes.append(f"adapted {first_conv} from 3 to {own[first_conv].shape[1]} input channels")
-    head = _head_names(model)
     file_head = state.get("head.fc.weight")
-    head_skipped = (
-        bool(head)
-        and all(k in state for k in head)
-        and state["head.fc.weight"].dim() == 2
-        and state["head.fc.bias"].dim() == 1
-        and state["head.fc.weight"].shape != own["head.fc.weight"].shape
-        and state["head.fc.weight"].shape[1] == own["head.fc.weight"].shape[1]
-    )
+    dropped = _skip_class_layers(model, state, own)
     # A classifier in the file and none in the model (num_classes=0: pooled features) is dropped too.
-    headless = (
-        not head
-        and getattr(model, "num_classes", None) == 0
-        and isinstance(file_head, Tensor)
-        and file_head.dim() == 2
-        and "head.fc.weight" not in own
-    )
-    if head_skipped or headless:
-        assert isinstance(file_head, Tensor)
-        ckpt_classes = file_head.shape[0]
-        for k in ("head.fc.weight", "head.fc.bias"):
+    if (dropped is None and isinstance(file_head, Tensor) and file_head.dim() == 2 and "head.fc.weight" not in own
+            and not _class_layers(model)[0] and getattr(model, "num_classes", None) == 0):  # fmt: skip
+        dropped = ({"head.fc.weight", "head.fc.bias"}, int(file_head.shape[0]))
+    head: set[str] = dropped[0] if dropped else set()
+    if dropped:
+        for k in head:
             state.pop(k, None)
-        model_classes = own["head.fc.weight"].shape[0] if head_skipped else 0
+        ckpt_classes, model_classes = dropped[1], getattr(model, "num_classes", 0)
+        what = "classifier" if "head.fc.weight" in head else "prediction layers"
         note = (
-            f"classifier not loaded: the checkpoint has {ckpt_classes} classes, the model {model_classes}"
+            f"{what} not loaded: the checkpoint has {ckpt_classes} classes, the model {model_classes}"
             + (" (it keeps its fresh random initialisation)" if model_classes else "")
         )
         notes.append(note)
         log.warning("%s: %s", source, note)  # a random classifier must never be a surprise
 
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    if head_skipped:
-        missing = [k for k in missing if k not in head]
+    missing = [k for k in missing if k not in head]
     unexpected = [k for k in state if k not in own]
     mis_shaped = [
         f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

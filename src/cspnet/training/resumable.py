@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 import torchmetrics
-from torch import Tensor
+from torch import Tensor, nn
 
 from cspnet.training.config import RunConfig
 from cspnet.training.ema import ModelEma
@@ -75,6 +75,10 @@ class ResumableModule(L.LightningModule):
         self.ema = ModelEma(self.model, self.cfg.ema_decay) if self.cfg.ema else None
         self.train_loss = torchmetrics.MeanMetric()
         self.resume_position: dict[str, int] | None = None
+        self.frozen = self._frozen_parts()
+        backbone_file = getattr(self.cfg, "pretrained_backbone", None)
+        if backbone_file and not self.cfg.resume:  # a resumed run's weights come from its checkpoint
+            self.load_pretrained_backbone(backbone_file)
 
     def model_input(self, images: Tensor) -> Tensor:
         """uint8 images or ``[0, 1]`` floats ``(N, C, H, W)`` -> the model's normalised input (in the run's
@@ -97,12 +101,98 @@ class ResumableModule(L.LightningModule):
         if self.ema is not None:  # the average starts from the pretrained weights, not the random ones
             self.ema = ModelEma(self.model, self.cfg.ema_decay)
 
+    # -- transfer learning: the backbone from a classifier's weights, freezing ---------------------
+    def backbone(self) -> tuple[nn.Module, str, dict[str, Any]]:
+        """``(module, name, overrides)``: the module holding the model's backbone (``stem``, ``stages``,
+        ``final_norm``), and the registered classifier (name and config overrides) it is built as.
+        A classifier is its own backbone; the detector module answers with its feature extractor."""
+        return self.model, self.hparams["model_name"], dict(self.hparams["model_overrides"])
+
+    def load_pretrained_backbone(self, path: str) -> None:
+        """Start the backbone from the classification weights in ``path``, converted from their layout
+        as ``create_model(pretrained=...)`` converts them (their classifier, if any, is left out)."""
+        from cspnet.convert import CheckpointError, load_checkpoint
+        from cspnet.models import create_model
+
+        body, name, overrides = self.backbone()
+        source = create_model(name, num_classes=0, **overrides)  # the classifier, headless
+        for note in load_checkpoint(source, path):
+            log.info("--pretrained-backbone %s: %s", path, note)
+        state, own = source.state_dict(), body.state_dict()
+        wanted = [k for k in own if not k.startswith("head.")]
+        missing = [k for k in wanted if k not in state or state[k].shape != own[k].shape]
+        if missing:  # cannot happen for a file that loaded into the same registered classifier
+            raise CheckpointError(f"--pretrained-backbone {path}: does not fit the backbone ({', '.join(missing[:3])})")
+        body.load_state_dict({k: state[k] for k in wanted}, strict=False)
+        log.info("--pretrained-backbone %s: %d backbone tensors of %s loaded", path, len(wanted), name)
+        if self.ema is not None:  # the average starts from the loaded weights
+            self.ema = ModelEma(self.model, self.cfg.ema_decay)
+
+    def _frozen_parts(self) -> list[nn.Module]:
+        """The modules ``--freeze`` keeps fixed: the whole backbone, or its stem and first N stages."""
+        freeze = getattr(self.cfg, "freeze", None)
+        if freeze is None:
+            return []
+        from cspnet.training.detection_config import frozen_stages
+
+        stages = frozen_stages(freeze)
+        body = self.backbone()[0]
+        blocks = list(body.get_submodule("stages").children())
+        parts = [body.get_submodule("stem"), *blocks]
+        if stages == -1:
+            return [*parts, body.get_submodule("final_norm")]
+        if stages is None or stages > len(blocks):
+            raise ValueError(f"--freeze {freeze} is invalid: the backbone has {len(blocks)} stages")
+        return parts[: 1 + stages]
+
+    def freezing(self) -> bool:
+        """Whether ``--freeze`` holds at the current epoch (``--freeze-epochs``: its first epochs only)."""
+        epochs = getattr(self.cfg, "freeze_epochs", None)
+        return bool(self.frozen) and (epochs is None or self.current_epoch < epochs)
+
+    def apply_freeze(self) -> None:
+        """Frozen parts take no gradient (the optimizer then leaves them and their weight decay alone)
+        and keep their BatchNorm statistics (eval mode); parts past ``--freeze-epochs`` train again."""
+        frozen = self.freezing()
+        for part in self.frozen:
+            for p in part.parameters():
+                p.requires_grad_(not frozen)
+            if frozen:
+                part.eval()
+            elif self.training:
+                part.train()
+
+    def train(self, mode: bool = True) -> ResumableModule:
+        # Lightning puts the whole module in training mode after each validation: frozen BN stays in eval.
+        super().train(mode)
+        if mode and self.frozen and self._trainer is not None and self.freezing():
+            for part in self.frozen:
+                part.eval()
+        return self
+
+    # -- BatchNorm statistics of the evaluated weights ---------------------------------------------
+    def calibration_batches(self, count: int) -> list[Tensor]:
+        """Model inputs of ``count`` training images, the same every time (the task says how to read them;
+        none by default: no calibration)."""
+        return []
+
+    def on_validation_epoch_start(self) -> None:
+        count = getattr(self.cfg, "calibrate_bn", 0)
+        if count and not self.trainer.sanity_checking:
+            frozen = {id(m) for part in self.frozen for m in part.modules()} if self.freezing() else set()
+            skip = tuple(f"{name}." for name, m in self.model.named_modules() if id(m) in frozen)
+            calibrate_norms(self.inference_model(), self.calibration_batches(count), skip)
+
     # -- training ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         if self.ema is not None:
             self.ema.module.to(self.device)
 
+    def on_train_epoch_start(self) -> None:
+        self.apply_freeze()  # --freeze-epochs: the epoch the frozen parts start training
+
     def on_train_start(self) -> None:
+        self.apply_freeze()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
         # A checkpoint restores the schedule's own length; a resumed run with more --epochs stretches it.
         for config in self.trainer.lr_scheduler_configs:
             for schedule in getattr(config.scheduler, "lr_lambdas", []):
@@ -198,3 +288,45 @@ class ResumableModule(L.LightningModule):
             self.train_loss.mean_value.copy_(train_loss["mean_value"])
             self.train_loss.weight.copy_(train_loss["weight"])
             self.train_loss._update_count = 1  # counted as updated: compute() then uses the restored state
+
+
+@torch.no_grad()
+def calibrate_norms(model: nn.Module, batches: list[Tensor], skip: tuple[str, ...] = ()) -> None:
+    """Replace the running statistics of ``model``'s BatchNorm layers by those of ``batches`` (their plain
+    average: momentum ``None``), the layers named in ``skip`` (prefixes: frozen parts) left as they are.
+
+    Why: an evaluation normalises with the running statistics, which an optimizer step makes stale.
+    A step moves the weights after the forward pass that measured them; BatchNorm's momentum (0.1)
+    keeps about ten steps of them, and the first steps keep part of the initial mean 0, variance 1;
+    the EMA's statistics are an average of the trained model's, not those of the averaged weights.
+    After large steps (AdamW moves every weight by about the learning rate at its first steps) or
+    with few of them (a small data set: a step or two per epoch), every layer of the evaluated
+    network mis-scales its output and the error compounds through the depth: validation losses of
+    1e8-1e10 after the 3 steps of ``cspnet detect train --limit-train-batches 3``, swinging by
+    decades from epoch to epoch on a 40-image set. Measured again on the evaluated weights
+    themselves, the statistics fit them (detectron2's and pycls' "precise BN" does this too).
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    >>> calibrate_norms(net, [torch.full((4, 1, 2, 2), 3.0)])
+    >>> bool(torch.allclose(net[1].running_mean, net[0](torch.full((1, 1, 1, 1), 3.0)).flatten()))
+    True
+    """
+    norms = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]  # fmt: skip
+    if not batches or not norms:
+        return
+    training = {m: m.training for m in model.modules()}
+    momentum = {m: m.momentum for _, m in norms}
+    model.train()
+    for name, norm in norms:
+        if name.startswith(skip) or name in {s[:-1] for s in skip}:
+            norm.eval()  # a frozen layer keeps its statistics
+        else:
+            norm.reset_running_stats()
+            norm.momentum = None
+    for x in batches:
+        model(x)
+    for m, mode in training.items():
+        m.train(mode)
+    for norm, value in momentum.items():
+        norm.momentum = value

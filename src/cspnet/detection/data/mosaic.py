@@ -3,9 +3,12 @@
 Runs on a whole batch after it reaches the device, with the global torch RNG (seeded per step by the
 training module, so a resumed run draws the same mosaics). Each image of the batch becomes, with
 probability ``p``, a 2x2 mosaic of itself and three other images of the batch, split at a random
-point of the middle half of the canvas; every tile is its image resized (bilinear) into the tile,
-and each box is scaled and shifted with it. A box that ends up narrower or lower than
-:data:`~cspnet.detection.data.boxes.MIN_BOX_SIDE` is dropped.
+point of the middle half of the canvas. Every tile shows the part of its image that lies against the
+split point, *at the image's own scale* (as YOLOv4's and YOLOv5's mosaics keep it: the four images
+laid around the point on a canvas twice the side, and the input's side cut out around it), so objects
+keep their size and a tile cuts some of them. A box keeps its object when at least 40 % of its area
+stays in its tile (:data:`~cspnet.detection.data.augment.KEEP_VISIBLE`, the affine's rule) and is
+clipped to it; narrower or lower than :data:`~cspnet.detection.data.boxes.MIN_BOX_SIDE` it is dropped.
 
 >>> images = torch.zeros(4, 3, 32, 32); targets = torch.tensor([[i, 0, 8.0, 8.0, 24.0, 24.0] for i in range(4)])
 >>> out, moved = Mosaic(p=1.0)(images, targets)
@@ -16,10 +19,9 @@ and each box is scaled and shifted with it. A box that ends up narrower or lower
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cspnet.detection.data.boxes import MIN_BOX_SIDE
+from cspnet.detection.data.augment import clip_moved_boxes
 
 
 class Mosaic(nn.Module):
@@ -46,16 +48,15 @@ class Mosaic(nn.Module):
             sources = [i, *torch.randint(0, n, (3,)).tolist()]
             cx = int(width * (0.25 + 0.5 * float(torch.rand(()))))
             cy = int(height * (0.25 + 0.5 * float(torch.rand(()))))
-            tiles = ((0, 0, cx, cy), (cx, 0, width, cy), (0, cy, cx, height), (cx, cy, width, height))
-            for source, (x0, y0, x1, y1) in zip(sources, tiles):
-                out[i, :, y0:y1, x0:x1] = F.interpolate(images[source : source + 1], size=(y1 - y0, x1 - x0),
-                                                        mode="bilinear", align_corners=False)[0]  # fmt: skip
-                boxes = rows[source][:, 2:6].clone()
-                scale = boxes.new_tensor([(x1 - x0) / width, (y1 - y0) / height] * 2)
-                shift = boxes.new_tensor([x0, y0, x0, y0])
-                boxes = boxes * scale + shift
-                keep = ((boxes[:, 2:] - boxes[:, :2]) >= MIN_BOX_SIDE).all(dim=1)
-                moved = torch.cat([rows[source][keep, :2], boxes[keep]], dim=1)
+            # (tile in the output, where the source image is shifted to): each image's corner that
+            # faces the split point is the part that shows.
+            tiles = (((0, 0, cx, cy), (cx - width, cy - height)), ((cx, 0, width, cy), (cx, cy - height)),
+                     ((0, cy, cx, height), (cx - width, cy)), ((cx, cy, width, height), (cx, cy)))  # fmt: skip
+            for source, ((x0, y0, x1, y1), (dx, dy)) in zip(sources, tiles):
+                out[i, :, y0:y1, x0:x1] = images[source, :, y0 - dy : y1 - dy, x0 - dx : x1 - dx]
+                boxes = rows[source][:, 2:6] + rows[source].new_tensor([dx, dy, dx, dy])
+                clipped, keep = clip_moved_boxes(boxes - boxes.new_tensor([x0, y0, x0, y0]), (y1 - y0, x1 - x0))
+                moved = torch.cat([rows[source][keep, :2], clipped[keep] + boxes.new_tensor([x0, y0, x0, y0])], dim=1)
                 moved[:, 0] = i
                 new_rows.append(moved)
         return out, torch.cat(new_rows) if new_rows else targets[:0]

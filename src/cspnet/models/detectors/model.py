@@ -132,6 +132,12 @@ class Detector(nn.Module):
         size = [int(images.shape[-2]), int(images.shape[-1])]
         return postprocess(boxes, scores, size, **limits.kwargs())
 
+    def class_layers(self) -> tuple[list[str], int]:
+        """The prediction convs (their rows are per anchor and class) and the rows each class has: what a
+        weight file for another class count leaves out, with a warning (:func:`cspnet.convert.load_weights`)."""
+        names = [f"head.levels.{i}.{len(list(level.children())) - 1}" for i, level in enumerate(self.head.levels)]
+        return names, self.head.anchors_per_scale
+
     def darknet_layout(self) -> DarknetLayout:
         """The layer order of this detector in darknet ``.weights`` files (the one reader asks for it)."""
         return detector_darknet_layout(self.backbone, self.neck, self.head)
