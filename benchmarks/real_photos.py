@@ -30,12 +30,18 @@ scikit-image is not a dependency of cspnet: its images are read from an importab
 there is one, else from its wheel (pinned: ``SKIMAGE_WHEEL``), fetched once with ``pip download`` into
 ``~/.cache/cspnet/wheels`` and read as a zip archive (nothing is installed).
 
+The dense set (``--dense``), shaped like a user's counting problem: one class (``coin``), 40 training
+tiles of 416x416 with 30-70 coins each (long side 14-40 px, the training coins), and 2 validation
+images of 640x480 with about 50 coins each (the 7 other coins, same pixel sizes, so that letterboxed
+to 416 they are 0.65 times the training size), on the same backgrounds, no distractors.
+
 The embedded digits (``--digits``): the canvases of ``cspnet detect train --data digits``
 (``digits_detection_split``, 2,000 training and 400 validation 64x64 canvases) written as PNG files
 with YOLO labels, so that another tool trains on exactly the same images.
 
     PYTHONPATH=src python benchmarks/real_photos.py --output data/real_photos
     PYTHONPATH=src python benchmarks/real_photos.py --digits --output data/digits_yolo
+    PYTHONPATH=src python benchmarks/real_photos.py --dense --output data/dense_coins
     cspnet detect train --data data/real_photos/data.yaml --img-size 256
 """
 
@@ -350,6 +356,44 @@ def build_real_photos(out: Path, train: int = 200, val: int = 50, seed: int = 0,
     return summary
 
 
+DENSE_TRAIN = (40, (416, 416), (30, 70))  # images, (width, height), objects per image
+DENSE_VAL = (2, (640, 480), (45, 55))
+DENSE_COIN_SIZES = (14, 40)
+
+
+def compose_dense(coins: list[CutOut], photo: np.ndarray, size: tuple[int, int], count: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:  # fmt: skip
+    """One image of ``size`` (width, height) with up to ``count`` coins pasted apart; boxes as :func:`compose`'s."""
+    width, height = size
+    canvas = background(photo, width, height, rng)
+    placed: list[tuple[int, int, int, int]] = []
+    boxes = []
+    for _ in range(count):
+        cut = coins[int(rng.integers(len(coins)))]
+        box = paste(canvas, cut, placed, rng, int(rng.integers(*DENSE_COIN_SIZES, endpoint=True)))
+        if box is not None:
+            boxes.append((0, *map(float, box)))
+    return np.round(canvas).astype(np.uint8), boxes  # type: ignore[return-value]
+
+
+def build_dense(out: Path, seed: int = 0, cache: Path | None = None, sources: Sources | None = None) -> dict:
+    """Write the dense one-class set into ``out`` (module docstring); returns what ``dataset.json`` records."""
+    sources = sources if sources is not None else load_sources(cache or WHEEL_CACHE)
+    train_pool, val_pool = split_pools(sources, seed)
+    photos = [sources.backgrounds[name] for name in BACKGROUNDS if name in sources.backgrounds]
+    summary: dict = {"classes": ["coin"], "seed": seed, "sources": f"{SKIMAGE_WHEEL} coins and backgrounds"}
+    for split, (count, size, per_image), pool, offset in (("train", DENSE_TRAIN, train_pool, 3),
+                                                          ("val", DENSE_VAL, val_pool, 4)):  # fmt: skip
+        rng = np.random.default_rng([seed, offset])
+        images = [compose_dense(pool.objects[0], photos[int(rng.integers(len(photos)))], size,
+                                int(rng.integers(per_image[0], per_image[1] + 1)), rng) for _ in range(count)]  # fmt: skip
+        summary[split] = {"images": count, "size": list(size), "boxes": write_split(out, split, images),
+                          "coins": len(pool.objects[0])}  # fmt: skip
+    write_data_yaml(out, ["coin"])
+    (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def build_digits(out: Path, train: int | None = None, val: int | None = None) -> dict:
     """The embedded digits canvases (``digits_detection_split``) as a YOLO set of PNG files."""
     from cspnet.detection.data import digits_detection_split
@@ -370,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, type=Path, help="the folder to write (must not exist or be empty)")
     p.add_argument("--digits", action="store_true", help="write the embedded digits canvases instead")
+    p.add_argument("--dense", action="store_true", help="write the dense one-class coin set instead")
     p.add_argument("--train", type=int, help="training images (default 200; digits 2000)")
     p.add_argument("--val", type=int, help="validation images (default 50; digits 400)")
     p.add_argument("--seed", type=int, default=0, help="real photos: the seed every draw comes from")
@@ -380,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     if args.digits:
         summary = build_digits(args.output, args.train, args.val)
+    elif args.dense:
+        summary = build_dense(args.output, args.seed, args.cache)
     else:
         summary = build_real_photos(args.output, args.train or 200, args.val or 50, args.seed, args.cache)
     print(json.dumps(summary, indent=2))

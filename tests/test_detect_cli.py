@@ -84,7 +84,10 @@ def test_export_is_checked_in_onnxruntime_with_a_dynamic_batch(trained, tmp_path
     if nms:
         assert got[0].shape[1] == 7
         assert got[0].shape == tuple(expected.shape)
-        np.testing.assert_allclose(got[0], expected.numpy(), rtol=1e-4, atol=1e-3)
+        # As sets: a one-epoch model's scores saturate at 1.0 on noise, and engines order ties their own way.
+        from cspnet.detection.export import _rows_difference
+
+        assert _rows_difference(expected, torch.from_numpy(got[0])) < 1e-3
     else:
         assert got[0].shape == (3, 3 * (16 * 16 + 8 * 8 + 4 * 4), 4) and got[1].shape[2] == 3
         np.testing.assert_allclose(got[1], expected[1].numpy(), rtol=1e-4, atol=1e-5)

@@ -168,6 +168,38 @@ def test_digits_and_user_data_resolve_their_own_recipe(tmp_path):
     assert (given.lr, given.box_loss, given.mosaic, given.close_mosaic, given.fit_anchors) == (0.5, "giou", 0.0, 3, "off")
 
 
+@settings(deadline=None)
+@given(num_train=st.integers(1, 20_000), world=st.integers(1, 8))
+def test_the_default_batch_leaves_enough_steps_per_epoch(num_train, world):
+    """Your data's default batch: at least AUTO_BATCH_STEPS steps an epoch where the batch may shrink
+    to the range's low end; never more than a process's share; the digits keep their 32."""
+    from cspnet.training.datamodule import Batching
+    from cspnet.training.detection_config import AUTO_BATCH_RANGE, AUTO_BATCH_STEPS, DIGITS_BATCH_SIZE
+
+    config = DetectionTrainConfig(data="mine.yaml").with_data(num_train, world)
+    share = -(-num_train // world)
+    batch = config.batch_size
+    assert batch is not None and 1 <= batch <= min(share, AUTO_BATCH_RANGE[1])
+    steps = Batching.of(num_train, batch, world).steps
+    if batch > AUTO_BATCH_RANGE[0]:
+        assert steps >= AUTO_BATCH_STEPS or batch == AUTO_BATCH_RANGE[1]
+    assert DetectionTrainConfig().with_data(num_train, world).batch_size == DIGITS_BATCH_SIZE
+    assert DetectionTrainConfig(data="mine.yaml", batch_size=7).with_data(num_train, world).batch_size == 7
+
+
+def test_a_run_on_user_data_records_the_batch_it_chose(tmp_path):
+    """40 images and no --batch-size: batches of 4, ten steps an epoch (32 gave one: the rest was dropped)."""
+    import json
+
+    from cspnet.training.runner import fit
+
+    data = make_shapes(tmp_path / "shapes", 40)
+    fit(DetectionTrainConfig(data=str(data), img_size=32, epochs=1, limit_train_batches=2, calibrate_bn=0,
+                             model_overrides={"neck_widths": (16, 32, 64)}, output=str(tmp_path / "run")),
+        verbose=False)  # fmt: skip
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 4
+
+
 def test_fine_tuning_lowers_the_learning_rate_and_shortens_the_warm_up(tmp_path):
     from cspnet.training.detection_config import FINETUNE_LR_FACTOR, FINETUNE_WARMUP_EPOCHS
 

@@ -153,6 +153,11 @@ class RunConfig:
         """The task's own ``None`` fields filled in, ``lr`` and ``img_size`` among them."""
         raise NotImplementedError
 
+    def with_data(self: _Config, num_train: int, world_size: int) -> _Config:
+        """The defaults that depend on the training data filled in, once it is read (none here; a task's
+        config may have some). A resumed run's config has them already, so they never change mid-run."""
+        return self
+
     # -- files -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

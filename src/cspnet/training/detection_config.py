@@ -13,6 +13,7 @@ ValueError: --box-loss l1 is invalid: expected one of 'auto', 'offsets', 'giou',
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,11 @@ DIGITS_RECIPE = Recipe(lr=1e-2, weight_decay=0.05, warmup_epochs=1.0, box_loss="
                        mosaic=0.0, mixup=0.0, multi_scale=0.0, close_mosaic_share=0.1, fit_anchors=False)  # fmt: skip
 USER_RECIPE = Recipe(lr=1e-2, weight_decay=0.05, warmup_epochs=1.0, box_loss="ciou", anchor_threshold=0.25,
                      mosaic=0.0, mixup=0.0, multi_scale=0.0, close_mosaic_share=0.1, fit_anchors=True)  # fmt: skip
+DIGITS_BATCH_SIZE = 32
+# Your data: a batch that leaves at least AUTO_BATCH_STEPS optimizer steps per epoch. With 40 images a
+# batch of 32 gave one step an epoch (the last 8 images are dropped: see Batching), 40 steps in 40 epochs.
+AUTO_BATCH_STEPS = 16
+AUTO_BATCH_RANGE = (4, 32)
 SGD_LR = 0.01
 FINETUNE_LR_FACTOR = 0.1  # --pretrained (a whole detector): the learning rate x this
 FINETUNE_WARMUP_EPOCHS = 0.25  # --pretrained: a short warm-up
@@ -74,7 +80,12 @@ class DetectionTrainConfig(RunConfig):
         "doc": "COCO: the validation JSON (default: YOLO's val split, else a held-out share)"})  # fmt: skip
     val_images: str | None = field(default=None, metadata={"doc": "COCO: the validation image folder"})
     epochs: int = bounded(13, 1, integer=True)  # the embedded set: under 10 minutes on a 2-core CPU
-    batch_size: int = bounded(32, 1, 1 << 16, integer=True, doc="per process")
+    # None until the data is read (with_data): RunConfig declares a plain number.
+    batch_size: int | None = bounded(None, 1, 1 << 16, integer=True, optional=True,  # type: ignore[assignment]
+                                     doc=f"per process (default: {DIGITS_BATCH_SIZE} for digits; for your data the "
+                                         f"training images / {AUTO_BATCH_STEPS} per process, between "
+                                         f"{AUTO_BATCH_RANGE[0]} and {AUTO_BATCH_RANGE[1]}: at least "
+                                         f"{AUTO_BATCH_STEPS} steps an epoch)")  # fmt: skip
     lr: float | None = bounded(None, 0.0, low_open=True, optional=True,
                                doc=f"peak learning rate (default: adamw {DIGITS_RECIPE.lr:g} for digits, else "
                                    f"{USER_RECIPE.lr:g}; sgd {SGD_LR:g}; x {FINETUNE_LR_FACTOR:g} with --pretrained)")  # fmt: skip
@@ -164,6 +175,13 @@ class DetectionTrainConfig(RunConfig):
             config.weight_decay = self.recipe.weight_decay
         return config
 
+    def with_data(self, num_train: int, world_size: int) -> DetectionTrainConfig:
+        """``batch_size`` filled in (32 for the digits; for other data :func:`auto_batch_size`)."""
+        if self.batch_size is not None:
+            return self
+        batch = DIGITS_BATCH_SIZE if self.is_digits else auto_batch_size(num_train, world_size)
+        return dataclasses.replace(self, batch_size=batch)
+
     def _task_defaults(self, default_img_size: int) -> dict[str, Any]:
         recipe, sgd, finetune = self.recipe, self.optimizer == "sgd", self.pretrained is not None
         lr = self.lr if self.lr is not None else (SGD_LR if sgd else recipe.lr) * (FINETUNE_LR_FACTOR if finetune else 1)
@@ -182,6 +200,18 @@ class DetectionTrainConfig(RunConfig):
             "multi_scale": _given(self.multi_scale, recipe.multi_scale),
             "fit_anchors": ("on" if recipe.fit_anchors else "off") if self.fit_anchors == "auto" else self.fit_anchors,
         }
+
+
+def auto_batch_size(num_train: int, world_size: int = 1) -> int:
+    """The default batch of a run on your data: each process's share of the ``num_train`` training images
+    divided by :data:`AUTO_BATCH_STEPS`, kept within :data:`AUTO_BATCH_RANGE` (and the share).
+
+    >>> auto_batch_size(40), auto_batch_size(200), auto_batch_size(5000), auto_batch_size(10)
+    (4, 12, 32, 4)
+    """
+    share = max(1, -(-num_train // world_size))
+    low, high = AUTO_BATCH_RANGE
+    return min(share, max(low, min(high, share // AUTO_BATCH_STEPS)))
 
 
 def _given(value: Any, default: Any) -> Any:

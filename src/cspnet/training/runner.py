@@ -456,6 +456,8 @@ def _fit(plan: RunPlan, callbacks: Sequence[Any], verbose: bool) -> FitResult:
         print(f"resuming {out} at {plan.resume_point}", flush=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_set, val_set = task.load_datasets(cfg)
+    cfg = cfg.with_data(len(train_set), layout.world)  # defaults that depend on the data (a detector's batch)
+    plan = dataclasses.replace(plan, config=cfg)
     classes = list(train_set.classes)
     mean, std = task.normalization(cfg)
     steps = steps_per_epoch(len(train_set), cfg.batch_size, layout.world)
