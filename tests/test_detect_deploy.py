@@ -440,6 +440,26 @@ def test_int8_export_is_calibrated_on_the_users_images_and_says_what_it_costs(ru
         assert len(model.detect(photos(run), conf_threshold=0.01)) == 3
 
 
+@pytest.mark.parametrize(("engine", "activation_type"), [("onnxruntime", "uint8"), ("openvino", "int8")])
+def test_an_int8_file_is_made_for_the_engine_it_targets(run, tmp_path, engine, activation_type):
+    """--backend openvino: symmetric int8 activations (OpenVINO folds them into its int8 convolutions;
+    a zero point on uint8 ones runs as separate fp32 ops); onnxruntime: uint8 with a zero point."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "det-int8.onnx"
+    assert main(["detect", "export", "--checkpoint", str(run["ckpt"]), "--output", str(out), "--int8",
+                 "--calibration-data", str(run["coco"]), "--calibration-images", "3", "--backend", engine]) == 0  # fmt: skip
+    graph = onnx.load(str(out)).graph
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    # In a QDQ file the weights are stored quantised: every QuantizeLinear quantises an activation.
+    zero_points = [values[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[2] in values]
+    assert zero_points
+    assert {z.dtype.name for z in zero_points} == {activation_type}
+    if engine == "openvino":
+        assert all(int(abs(z).max()) == 0 for z in zero_points)
+
+
 def test_val_with_int8_on_the_fly_shows_the_map_it_costs(run, tmp_path, capsys):
     result = _val(["--checkpoint", str(run["ckpt"]), "--data", str(run["coco"]), "--backend", "openvino",
                    "--precision", "int8", "--calibration-data", str(run["images"])], tmp_path)  # fmt: skip

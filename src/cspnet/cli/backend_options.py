@@ -84,6 +84,9 @@ def add_export_engine_options(parser: argparse.ArgumentParser) -> None:
                         "images set the int8 ranges; images it does not use check the result")  # fmt: skip
     parser.add_argument("--calibration-images", type=int, default=None, metavar="N",
                         help="int8: images used for calibration (default 128)")  # fmt: skip
+    parser.add_argument("--int8-engine", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                        help="int8: the engine the file is for (onnxruntime: uint8 activations with a zero point; "
+                        "openvino: symmetric int8, which its CPU plugin folds into int8 convolutions)")  # fmt: skip
     parser.add_argument("--preprocessing-in-graph", action="store_true",
                         help="the file takes uint8 (N, H, W, 3) RGB pixels and returns probabilities "
                         "(normalisation and softmax in the graph)")  # fmt: skip
@@ -113,6 +116,7 @@ def export_engine_options(args: argparse.Namespace, model: Any, img_size: int, t
         "preprocessing_in_graph": args.preprocessing_in_graph,
         "int8_calibration": args.calibration_data if args.int8 else None,
         "calibration_images": args.calibration_images,
+        "int8_engine": args.int8_engine,
     }
 
 

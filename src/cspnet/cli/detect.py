@@ -658,7 +658,8 @@ def _add_export(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--max-detections", type=positive_int, default=PREDICT.max_detections,
                    help="per image (default %(default)s)")
     p.add_argument("--int8", action="store_true", help="static int8 quantisation of the network (per-channel weights, "
-                   "QDQ; decoding and NMS stay float), calibrated on --calibration-data")
+                   "QDQ; decoding and NMS stay float), calibrated on --calibration-data, for --backend (onnxruntime: "
+                   "uint8 activations with a zero point; openvino: symmetric int8, which OpenVINO runs fastest)")
     p.add_argument("--calibration-data", metavar="PATH|digits", help="--int8: 'digits', an image folder, a COCO .json "
                    "or a YOLO data.yaml; images it does not use (with boxes) measure the mAP int8 costs")
     p.add_argument("--calibration-images", type=positive_int, default=None, metavar="N",
@@ -745,6 +746,13 @@ def _engine_check(args: argparse.Namespace, module_check: Any) -> Any:
     return verify
 
 
+def _int8_engine(args: argparse.Namespace) -> str:
+    """The engine an int8 file is made for: ``--int8-engine`` (``cspnet export``), else ``--backend`` when it
+    is openvino (its int8 scheme differs: :func:`cspnet.export.quantize.activation_scheme`), else onnxruntime."""
+    given = getattr(args, "int8_engine", None)
+    return given or ("openvino" if args.backend == "openvino" else "onnxruntime")
+
+
 def run_export(args: argparse.Namespace) -> int:
     from cspnet.cli.main import CLIError
     from cspnet.detection.export import export_detector_onnx
@@ -774,7 +782,7 @@ def run_export(args: argparse.Namespace) -> int:
     # Written through write_checked: moved into place only once it reproduces PyTorch within --tolerance.
     result = export_detector_onnx(model, output, size, args.nms, args.conf, args.iou, args.max_detections,
                                   tolerance=args.tolerance, info=info, int8_images=int8.images if int8 else None,
-                                  calibration=int8.description if int8 else "",
+                                  calibration=int8.description if int8 else "", int8_engine=_int8_engine(args),
                                   verify=_engine_check(args, verify))  # fmt: skip
     print(result.summary())
     return 0

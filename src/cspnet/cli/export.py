@@ -123,6 +123,7 @@ def _export_detector(args: argparse.Namespace) -> int:
         img_size=args.img_size, nms=False, conf=PREDICT.conf_threshold, iou=PREDICT.iou_threshold,
         max_detections=PREDICT.max_detections, int8=args.int8, calibration_data=args.calibration_data,
         calibration_images=args.calibration_images, backend="onnxruntime", precision="fp32", ema=True,
+        int8_engine=args.int8_engine,
         tolerance=args.tolerance,
     )  # fmt: skip
     return run_export(detect_args)

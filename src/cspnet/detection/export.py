@@ -212,7 +212,7 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
                          conf_threshold: float = PREDICT.conf_threshold, iou_threshold: float = PREDICT.iou_threshold,
                          max_detections: int = PREDICT.max_detections, max_candidates: int = PREDICT.max_candidates,
                          opset: int = 18, tolerance: float | None = None, *, info: ModelInfo | None = None,
-                         int8_images: Tensor | None = None, calibration: str = "",
+                         int8_images: Tensor | None = None, calibration: str = "", int8_engine: str = "onnxruntime",
                          verify: Callable[[Path, ModelInfo], str] | None = None) -> DetectorExport:  # fmt: skip
     """Write the ONNX file, then run it in onnxruntime on a batch of another size and compare with PyTorch.
 
@@ -225,7 +225,7 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
     bfloat16 by default); it is read back and checked against the graph.
     ``int8_images``: decoded, letterboxed ``uint8 (N, 3, S, S)`` images to calibrate a static int8
     quantisation of the network on (per-channel weights, QDQ; decoding and NMS stay float;
-    ``calibration`` names them); its raw maps are then compared with PyTorch's for the record, not
+    ``calibration`` names them; ``int8_engine``: the engine the file is for); its raw maps are then compared with PyTorch's for the record, not
     against ``tolerance``. ``verify(tmp, info)``: a further check of the written file by the caller
     (say, the mAP it reaches), whose line joins the summary; it raises to refuse the file.
 
@@ -260,7 +260,8 @@ def export_detector_onnx(detector: Detector, path: str | os.PathLike[str], img_s
                                   dynamic_axes=dynamic, opset_version=opset, dynamo=False)  # fmt: skip
             _write_metadata(fp32, file_info if int8_images is None else file_info.with_(precision="fp32"))
             if int8_images is not None:
-                quantize_detector(fp32, tmp, file_info.with_(precision="fp32"), int8_images, calibration or "images")
+                quantize_detector(fp32, tmp, file_info.with_(precision="fp32"), int8_images, calibration or "images",
+                                  engine=int8_engine)  # fmt: skip
 
     def check(tmp: Path) -> DetectorExport:
         from cspnet.metadata import read_onnx_info

@@ -259,6 +259,7 @@ def export_model(
     preprocessing_in_graph: bool = False,
     int8_calibration: str | os.PathLike[str] | None = None,
     calibration_images: int | None = None,
+    int8_engine: str = "onnxruntime",
     agreement_images: int = 256,
     tolerance: float | None = None,
     **options: str,
@@ -271,7 +272,8 @@ def export_model(
     ``uint8 (N, H, W, C)`` pixels and returns probabilities; the reference is then PyTorch with the
     Python preprocessing and a softmax. ``int8_calibration`` (``"digits"`` or an image folder; ONNX
     only): the file is int8, calibrated on ``calibration_images`` images of it, and compared on
-    ``agreement_images`` others. ``tolerance``: the largest relative difference accepted; a file
+    ``agreement_images`` others; ``int8_engine`` is the engine it is made for
+    (:func:`cspnet.export.quantize.activation_scheme`). ``tolerance``: the largest relative difference accepted; a file
     beyond it (or NaN) is not kept at ``path`` and the ``ValueError`` says by how much it missed.
     ``options`` go to the format's exporter (``exporter=`` for ONNX, ``method=`` for TorchScript).
     Raises ``ValueError`` for an unknown format or an ``img_size`` beyond
@@ -296,7 +298,8 @@ def export_model(
     model = model.eval()
     info = (info or _model_info(model, img_size, in_chans)).with_(img_size=img_size, precision="fp32")
     job = _ExportJob(model, fmt, Path(path), info, preprocessing_in_graph, optimize, export_batch, check_batch,
-                     int8_calibration, calibration_images or None, agreement_images, tolerance, options)  # fmt: skip
+                     int8_calibration, calibration_images or None, agreement_images, tolerance, options,
+                     int8_engine=int8_engine)  # fmt: skip
     result = write_checked(job.path, job.write, job.check)
     assert result is not None
     return result
@@ -321,6 +324,7 @@ class _ExportJob:
     options: Mapping[str, str]
     file_info: ModelInfo | None = None  # what the file says it takes: set by write
     fp32_bytes: int = 0
+    int8_engine: str = "onnxruntime"
 
     def reference(self, batch: Tensor) -> Tensor:
         with torch.no_grad():
@@ -350,7 +354,8 @@ class _ExportJob:
                 from cspnet.export.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_int8
 
                 self.calibration_images = self.calibration_images or DEFAULT_CALIBRATION_IMAGES
-                quantize_int8(fp32_path, tmp, info, self.int8_calibration, count=self.calibration_images)
+                quantize_int8(fp32_path, tmp, info, self.int8_calibration, count=self.calibration_images,
+                              engine=self.int8_engine)  # fmt: skip
                 info = info.with_(precision="int8")
         self.file_info = info
 
