@@ -152,8 +152,10 @@ def run_ours(model: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from cspnet.trained import load_trained
 
     command = [sys.executable, "-m", "cspnet.cli.main", "detect", "train", "--data", str(args.data), "--model", model,
-               "--epochs", str(args.epochs), "--img-size", str(args.img_size), "--batch-size", str(args.batch_size),
-               "--seed", str(args.seed), "--output", str(out), *args.extra]  # fmt: skip
+               "--epochs", str(args.epochs), "--img-size", str(args.img_size), "--seed", str(args.seed),
+               "--output", str(out), *args.extra]  # fmt: skip
+    if args.ours_batch_size is not None:  # else the project's own default batch (what a user's command gets)
+        command[command.index("--seed"):command.index("--seed")] = ["--batch-size", str(args.ours_batch_size)]
     if out.exists():  # this script's own run folder, from an earlier invocation
         shutil.rmtree(out)
     where = machine()
@@ -184,7 +186,8 @@ def table(results: dict[str, Any]) -> list[str]:
                      f"{r['wall_s']:.0f} s", f"{load:.1f}" + (" (under load)" if load > 2.5 else "")])  # fmt: skip
     settings = results["settings"]
     head = [f"Data: `{settings['data']}`; {settings['epochs']} epochs, image size {settings['img_size']}, "
-            f"batch {settings['batch_size']}, seed {settings['seed']}; CPU: {results['runs'][0]['machine']['cpu']} "
+            f"batch {settings['batch_size']} for the peer (its default 16) and "
+            f"{settings.get('ours_batch_size') or 'the project default'} for cspnet, seed {settings['seed']}; CPU: {results['runs'][0]['machine']['cpu']} "
             f"({results['runs'][0]['machine']['cores']} cores). mAP by faster-coco-eval on the final weights' "
             "predictions (conf 0.001, NMS IoU 0.6, 100 per image).", ""]  # fmt: skip
     return head + markdown_table(["detector", "parameters", "mAP@.5", "mAP@[.5:.95]", "wall time", "load average"], rows)
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--img-size", type=int, default=160)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--ours-batch-size", type=int, default=None,
+                   help="cspnet's batch (default: none given, the project's default for the data, as a user's command)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="the project's detectors to train")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags added to every `cspnet detect train` (last)")
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.output.mkdir(parents=True, exist_ok=True)
     report = args.output / "peer.json"
-    settings = {k: getattr(args, k) for k in ("data", "epochs", "img_size", "batch_size", "seed", "models", "extra")}
+    settings = {k: getattr(args, k) for k in ("data", "epochs", "img_size", "batch_size", "ours_batch_size", "seed", "models", "extra")}
     previous = json.loads(report.read_text()) if report.is_file() else {}
     if previous and previous.get("settings") != settings:
         previous = {}  # other settings: nothing to keep
