@@ -247,14 +247,9 @@ def render(data: dict[str, Any]) -> str:
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text()
-    if BEGIN in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END) + 1
-        text = text[:start] + section + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
-    print(f"wrote {DOC}")
+    from doc_section import write_section  # the sibling script's folder is on sys.path when run as a script
+
+    write_section(DOC, BEGIN, END, section)
 
 
 def main() -> None:
