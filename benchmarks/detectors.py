@@ -426,25 +426,13 @@ def time_paths(opencv: OpenCvDetector | None, paths: list[ProjectPath], photos: 
 # --- accuracy of int8 on a trained detector ----------------------------------------------------------------
 
 
-class _FileDetector:
-    """An engine running a detector file (boxes and scores out) with the ``model(x)`` / ``model.decode``
-    interface :func:`cspnet.evaluation.evaluate_detector` calls."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-
-    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return self.engine.run(images)
-
-    def decode(self, out: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return out[0], out[1]
-
-
 def detector_accuracy(checkpoint: Path, folder: Path, calibration_images: int = 128) -> dict[str, Any]:
     """mAP@.5 on the embedded digits' validation canvases of a ``detect train`` checkpoint: torch fp32,
     its ONNX file on both engines, and int8 for each engine (calibrated on training canvases)."""
     from cspnet.detection.data import digits_detection_split
+    from cspnet.detection.export import detector_info
     from cspnet.evaluation import evaluate_detector
+    from cspnet.inference import DetectionModel
     from cspnet.inference.engines import OnnxRuntimeEngine, OpenVinoEngine
     from cspnet.trained import load_trained
 
@@ -456,7 +444,8 @@ def detector_accuracy(checkpoint: Path, folder: Path, calibration_images: int = 
     models: dict[str, Any] = {"torch fp32": detector}
     for label, file in (("onnxruntime fp32", files["fp32"]), ("openvino fp32", files["fp32"]),
                         ("onnxruntime int8", files["onnxruntime int8"]), ("openvino int8", files["openvino int8"])):  # fmt: skip
-        models[label] = _FileDetector(OnnxRuntimeEngine(file) if label.startswith("onnx") else OpenVinoEngine(file))
+        engine = OnnxRuntimeEngine(file) if label.startswith("onnx") else OpenVinoEngine(file)
+        models[label] = DetectionModel(engine, detector_info(detector, size, trained.class_names))
     out: dict[str, Any] = {"model": trained.name, "img_size": size, "images": len(val), "checkpoint": str(checkpoint)}
     for label, model in models.items():
         metrics = evaluate_detector(model, val, trained.class_names).metrics
