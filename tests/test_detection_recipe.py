@@ -200,7 +200,7 @@ def test_a_run_on_user_data_records_the_batch_it_chose(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 4
 
 
-def test_fine_tuning_lowers_the_learning_rate_and_shortens_the_warm_up(tmp_path):
+def test_fine_tuning_shortens_the_warm_up_and_keeps_the_measured_rate(tmp_path):
     from cspnet.training.detection_config import FINETUNE_LR_FACTOR, FINETUNE_WARMUP_EPOCHS
 
     tuned = DetectionTrainConfig(pretrained="best.ckpt").resolved(128)
