@@ -440,6 +440,25 @@ def test_int8_export_is_calibrated_on_the_users_images_and_says_what_it_costs(ru
         assert len(model.detect(photos(run), conf_threshold=0.01)) == 3
 
 
+def test_test_time_augmentation_runs_on_every_engine_and_an_nms_file_refuses_it(run):
+    """--augment goes through DetectionModel.detect_letterboxed: the same views and merge on every engine."""
+    from cspnet.inference import load_model
+
+    found = {}
+    for engine in ENGINES:
+        model = load_model(run["ckpt"], engine)
+        found[engine] = model.detect(photos(run), conf_threshold=CONF, augment=True)
+    for engine in ENGINES[1:]:
+        for a, b in zip(found["torch"], found[engine]):
+            (boxes_a, names_a), (boxes_b, names_b) = _sorted(a), _sorted(b)
+            assert names_a == names_b
+            np.testing.assert_allclose(boxes_b, boxes_a, rtol=1e-3, atol=0.1)
+    plain = load_model(run["ckpt"], "torch").detect(photos(run), conf_threshold=CONF)
+    assert any(len(a) != len(p) for a, p in zip(found["torch"], plain))  # the views add candidates
+    with pytest.raises(ValueError, match="export it without --nms to use --augment"):
+        load_model(run["nms"], "onnxruntime").detect(photos(run), augment=True)
+
+
 @pytest.mark.parametrize(("engine", "activation_type"), [("onnxruntime", "uint8"), ("openvino", "int8")])
 def test_an_int8_file_is_made_for_the_engine_it_targets(run, tmp_path, engine, activation_type):
     """--backend openvino: symmetric int8 activations (OpenVINO folds them into its int8 convolutions;
