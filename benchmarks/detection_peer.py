@@ -1,7 +1,7 @@
 """Side by side with a peer: ultralytics YOLOv8n and this project's detectors trained on the same YOLO data set,
 with the same epochs, image size and batch size, scored by the same COCO evaluation; one table.
 
-    flock /work/plan/heavy.lock env PYTHONPATH=src python benchmarks/detection_peer.py \\
+    PYTHONPATH=src python benchmarks/detection_peer.py \\
         --data data/real_photos/data.yaml --epochs 30 --img-size 160 --batch-size 16 \\
         --models cspdensenet_bc40_efm --output benchmarks/results/peer/real_photos
 

@@ -6,7 +6,7 @@ report can show exactly what reproduces it. Runs already in ``--output`` are kep
 benchmark continues where it stopped); ``--only`` runs a subset.
 
     PYTHONPATH=src python benchmarks/real_photos.py --output data/real_photos
-    flock /work/plan/heavy.lock env PYTHONPATH=src python benchmarks/detection_recipe.py \\
+    PYTHONPATH=src python benchmarks/detection_recipe.py \\
         --data data/real_photos/data.yaml --img-size 128 --batch-size 16 --epochs 15 \\
         --output benchmarks/results/recipe/real_photos
 
