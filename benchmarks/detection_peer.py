@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -56,14 +55,9 @@ EVAL_CONF, EVAL_IOU, EVAL_MAX = 0.001, 0.6, 100
 # -- the machine -----------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     """The CPU and the load when a run starts (figures measured under load are marked in the docs)."""
-    cpu = platform.processor() or ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                cpu = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+    from cspnet.cpu import cpu_model  # the main process only: the peer's interpreter has no cspnet
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 # -- the peer's environment ------------------------------------------------------------------------

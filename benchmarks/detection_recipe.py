@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cspnet.cpu import cpu_model
 
 OFF = ["--mosaic", "0", "--mixup", "0", "--multi-scale", "0", "--fit-anchors", "off"]
 BASE = ["--lr", "0.01", "--anchor-threshold", "0.25", "--box-loss", "ciou", *OFF]
@@ -51,27 +52,14 @@ SETTINGS: dict[str, list[str]] = {
     "recipe": [],
 }
 
-
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def command(args: argparse.Namespace, flags: list[str], folder: Path) -> list[str]:
     shared = ["--data", args.data, "--img-size", str(args.img_size), "--batch-size", str(args.batch_size),
               "--epochs", str(args.epochs), "--seed", str(args.seed), "--checkpoint-every", "0",
               "--output", str(folder), *args.extra]  # fmt: skip
     return ["cspnet", "detect", "train", *shared, *flags]
-
 
 def run_one(args: argparse.Namespace, name: str, flags: list[str]) -> dict:
     folder = args.output / "runs" / f"{name.replace(' ', '_')}-seed{args.seed}"
@@ -87,7 +75,6 @@ def run_one(args: argparse.Namespace, name: str, flags: list[str]) -> dict:
             "map50": metrics["map50"], "best_map": metrics["best_map"], "loss": metrics["loss"],
             "train_time_s": metrics["train_time_s"], "wall_s": round(wall, 1), "load_before": before,
             "load_after": load_average(), "cpu": cpu_model(), "notes": notes}  # fmt: skip
-
 
 def write_report(out: Path, runs: list[dict], args: argparse.Namespace) -> None:
     from cspnet.io import atomic_write_text
@@ -105,7 +92,6 @@ def write_report(out: Path, runs: list[dict], args: argparse.Namespace) -> None:
     cpus = sorted({r["cpu"] for r in runs if "cpu" in r})
     lines += ["", f"CPU: {', '.join(cpus)}; flags of each setting in recipe.json."]
     atomic_write_text(out / "recipe.md", "\n".join(lines) + "\n")
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {json.dumps({k: result.get(k) for k in ('map50', 'map', 'wall_s', 'error')})}", flush=True)
         write_report(args.output, runs, args)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

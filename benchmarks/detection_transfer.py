@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from detection_recipe import cpu_model, load_average  # noqa: E402  (the sibling benchmark's helpers)
+from detection_recipe import load_average  # noqa: E402  (the sibling benchmark's helper)
+
+from cspnet.cpu import cpu_model  # noqa: E402
 
 BACKBONE = ["--model", "cspdensenet_bc40", "--set", "small_input=False"]
 

@@ -33,7 +33,6 @@ import argparse
 import hashlib
 import json
 import math
-import platform
 import re
 import sys
 from pathlib import Path
@@ -260,15 +259,9 @@ def assert_same_outputs(name: str, ours: dict[str, Any], recorded: dict[str, Any
 
 def machine() -> dict[str, str]:
     """Where a fingerprint was recorded: the floats' last digits depend on it."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"torch": torch.__version__, "cpu": cpu, "kernels": torch.backends.cpu.get_cpu_capability()}
+    from cspnet.cpu import cpu_model
+
+    return {"torch": torch.__version__, "cpu": cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""What the CPU offers an inference engine: physical cores and native bf16.
+"""What the CPU is and offers an inference engine: its model name, physical cores and native bf16.
 
 >>> physical_cores() >= 1
 True
@@ -7,6 +7,7 @@ True
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -33,6 +34,18 @@ def physical_cores() -> int:
             return len(cpus) or 1
         cores.add((package, core))
     return len(cores) or 1
+
+
+def cpu_model(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s, more telling than the architecture), else what
+    :mod:`platform` says: recorded beside every measured figure."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_flags(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> set[str]:

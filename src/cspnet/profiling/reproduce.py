@@ -11,7 +11,6 @@ import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -238,15 +237,9 @@ def profile_layer_pairs() -> tuple[list[tuple[ModelProfile, ModelProfile]], list
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:  # the model name is more telling than the architecture, where Linux exposes it
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from cspnet.cpu import cpu_model
+
     return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"{cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
     )
