@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -344,11 +345,8 @@ def _rows_difference(expected: Tensor, got: Tensor) -> float:
         return _difference(expected, got)
 
     def canonical(rows: Tensor) -> Tensor:
-        keys = [rows[:, 4], rows[:, 3], rows[:, 2], rows[:, 1], -rows[:, 5], rows[:, 0]]  # last key sorts first
-        order = torch.arange(len(rows))
-        for key in keys:
-            order = order[torch.sort(key[order], stable=True).indices]
-        return rows[order]
+        r = rows.numpy()  # by image, then score (highest first), then x1, y1, x2, y2: lexsort's last key first
+        return rows[torch.from_numpy(np.lexsort((r[:, 4], r[:, 3], r[:, 2], r[:, 1], -r[:, 5], r[:, 0])))]
 
     e, g = canonical(expected.float()), canonical(got.float())
     same_image = e[1:, 0] == e[:-1, 0]
