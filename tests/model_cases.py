@@ -9,6 +9,8 @@ keep the plain model name as their test id, so ids of the full-size tests do not
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
 import cspnet
 
@@ -35,3 +37,21 @@ def model_cases(names: list[str]) -> list:
     return [pytest.param(n, reduced(n), id=f"{n}-reduced") for n in names] + [
         pytest.param(n, {}, id=n, marks=pytest.mark.slow) for n in names
     ]
+
+
+def assert_same_training_step(reference: nn.Module, other: nn.Module, x: torch.Tensor) -> None:
+    """One forward and backward of each model (the same weights, another way of computing: gradient
+    checkpointing, memory-efficient recomputation) gives the same outputs, gradients and BatchNorm
+    statistics: a recomputation in backward must not update them a second time."""
+    outputs = []
+    for model in (reference, other):
+        out = model(x)
+        out.square().sum().backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[1], outputs[0])
+    grads = dict(reference.named_parameters())
+    for n, p in other.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n].grad, msg=n)
+    buffers = dict(reference.named_buffers())
+    for n, b in other.named_buffers():
+        torch.testing.assert_close(b, buffers[n], msg=n)

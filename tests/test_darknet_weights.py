@@ -9,6 +9,7 @@ reader: the two split convs of a CSP stage as two layers (bypass first) and U's 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -90,9 +91,9 @@ def write_darknet(
     return state
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_every_tensor_lands_where_the_cfg_puts_it(name: str, tmp_path: Path) -> None:
-    depths, cfg_layers, feat_chs = CASES[name]
+def assert_loads_in_cfg_order(name: str, depths: tuple[int, ...], cfg_layers: Callable[..., list], feat_chs: int,
+                              tmp_path: Path) -> None:  # fmt: skip
+    """A synthetic darknet file of ``cfg_layers(depths)`` read into ``name``: every tensor where the cfg puts it."""
     path = tmp_path / f"{name}.weights"
     expected = write_darknet(path, cfg_layers(depths), feat_chs)
     model = cspnet.create_model(name, depths=depths, pretrained=path)
@@ -100,6 +101,11 @@ def test_every_tensor_lands_where_the_cfg_puts_it(name: str, tmp_path: Path) -> 
     assert set(own) == set(expected)
     for key, value in expected.items():
         assert torch.equal(own[key], value), key
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_tensor_lands_where_the_cfg_puts_it(name: str, tmp_path: Path) -> None:
+    assert_loads_in_cfg_order(name, *CASES[name], tmp_path)
 
 
 @pytest.mark.parametrize("version", [(0, 1, 0), (0, 2, 0), (1, 0, 0)])

@@ -24,6 +24,7 @@ from cspnet.detection.data import (
     read_coco,
     read_yolo,
 )
+from detection_data import white_squares
 
 CLASSES = ["cat", "dog", "bird"]
 # (file, width, height, [(class, x1, y1, x2, y2), ...]) in pixels
@@ -196,15 +197,10 @@ def test_collate_numbers_each_images_rows():
 def test_augmentation_keeps_boxes_on_their_objects():
     """Random affine + flip move each white square and its box together (within a pixel)."""
     torch.manual_seed(0)
-    n, size = 8, 64
-    images = torch.zeros(n, 3, size, size)
-    rows = []
-    for i in range(n):
-        x1, y1 = 8 + 3 * i, 12 + 2 * i
-        images[i, :, y1 : y1 + 16, x1 : x1 + 12] = 1.0
-        rows.append([i, i % 3, x1, y1, x1 + 12, y1 + 16])
+    n = 8
+    images, rows = white_squares(n, 64, start=(8, 12), step=(3, 2), size=(12, 16))
     augment = BoxAugment(scale=(0.7, 1.3), translate=0.1, hflip=0.5, jitter=0.0)
-    out, targets = augment(images, torch.tensor(rows, dtype=torch.float32))
+    out, targets = augment(images, rows)
     assert len(targets) > 0
     for i, label, x1, y1, x2, y2 in targets.tolist():
         white = out[int(i)].mean(0) > 0.5
@@ -240,14 +236,8 @@ def test_mosaic_keeps_every_box_on_its_object() -> None:
 
     from cspnet.detection.data import Mosaic
 
-    n, side = 6, 48
-    images = torch.zeros(n, 3, side, side)
-    rows = []
-    for i in range(n):
-        x0, y0 = 4 + 5 * i, 6 + 3 * i
-        images[i, :, y0 : y0 + 12, x0 : x0 + 14] = 1.0
-        rows.append([i, i % 3, x0, y0, x0 + 14, y0 + 12])
-    targets = torch.tensor(rows, dtype=torch.float32)
+    n = 6
+    images, targets = white_squares(n, 48, start=(4, 6), step=(5, 3), size=(14, 12))
     torch.manual_seed(0)
     out, moved = Mosaic(p=1.0)(images, targets)
     assert out.shape == images.shape and len(moved) >= n  # four tiles per image: more boxes than before

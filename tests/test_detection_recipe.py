@@ -24,7 +24,7 @@ from cspnet.detection.data.mixup import DetectionMixup, MultiScale
 from cspnet.detection.loss import shape_iou
 from cspnet.models.detectors.config import YOLOV3_ANCHORS
 from cspnet.training.detection_config import DIGITS_RECIPE, USER_RECIPE, DetectionTrainConfig
-from detection_data import make_shapes
+from detection_data import make_shapes, white_squares
 
 
 # -- anchors ---------------------------------------------------------------------------------------
@@ -99,13 +99,7 @@ def test_box_sizes_of_files_are_read_without_decoding_and_match_the_items(tmp_pa
 
 # -- mixup and multi-scale -------------------------------------------------------------------------
 def squares(n: int = 6, side: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.zeros(n, 3, side, side)
-    rows = []
-    for i in range(n):
-        x0, y0 = 3 + 4 * i, 5 + 3 * i
-        images[i, :, y0 : y0 + 12, x0 : x0 + 14] = 1.0
-        rows.append([i, i % 3, x0, y0, x0 + 14, y0 + 12])
-    return images, torch.tensor(rows, dtype=torch.float32)
+    return white_squares(n, side, start=(3, 5), step=(4, 3), size=(14, 12))
 
 
 @pytest.mark.parametrize("seed", [0, 7])

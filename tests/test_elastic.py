@@ -32,7 +32,8 @@ from cspnet.export import export_model, load_runner
 from cspnet.layers import DenseLayer, ElasticBlock, ElasticDenseLayer, HalfResolution, StagePlan
 from cspnet.profiling import profile
 from cspnet.profiling.reproduce import elastic_counter_bflops
-from test_darknet_weights import Layer, write_darknet
+from model_cases import assert_same_training_step
+from test_darknet_weights import Layer, assert_loads_in_cfg_order
 
 ELASTIC_CFG_MODELS = ("cspdarknet53_elastic_paper", "cspresnet50_elastic_paper", "cspresnext50_elastic_paper")
 
@@ -125,14 +126,7 @@ WEIGHT_CASES = {
 
 @pytest.mark.parametrize("name", sorted(WEIGHT_CASES))
 def test_darknet_weights_load_in_cfg_order(name: str, tmp_path: Path) -> None:
-    depths, cfg_layers, feat_chs = WEIGHT_CASES[name]
-    path = tmp_path / f"{name}.weights"
-    expected = write_darknet(path, cfg_layers(depths), feat_chs)
-    model = cspnet.create_model(name, depths=depths, pretrained=path)
-    own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    assert set(own) == set(expected)
-    for key, value in expected.items():
-        assert torch.equal(own[key], value), key
+    assert_loads_in_cfg_order(name, *WEIGHT_CASES[name], tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,18 +190,7 @@ def test_memory_efficient_elastic_layers_compute_the_same() -> None:
     recomputing = cspnet.create_model("cspdensenet201_elastic", memory_efficient=True, **settings)
     recomputing.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    outputs = []
-    for model in (plain, recomputing):
-        out = model(x)
-        out.square().sum().backward()
-        outputs.append(out)
-    torch.testing.assert_close(outputs[1], outputs[0])
-    grads = dict(plain.named_parameters())
-    for n, q in recomputing.named_parameters():
-        torch.testing.assert_close(q.grad, grads[n].grad, msg=n)
-    buffers = dict(plain.named_buffers())
-    for n, b in recomputing.named_buffers():
-        torch.testing.assert_close(b, buffers[n], msg=n)
+    assert_same_training_step(plain, recomputing, x)
 
 
 def test_elastic_config_errors_name_the_field() -> None:

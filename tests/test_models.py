@@ -12,7 +12,7 @@ import torch.fx
 
 import cspnet
 from cspnet.models.backbone import count_params
-from model_cases import model_cases
+from model_cases import assert_same_training_step, model_cases
 
 MODELS = cspnet.list_models(task="classification")
 CASES = model_cases(MODELS)  # reduced by default, the registered sizes marked slow
@@ -64,19 +64,7 @@ def test_grad_checkpointing_gives_same_outputs_and_gradients(name: str, override
     checkpointed = cspnet.create_model(name, num_classes=5, **overrides)
     checkpointed.load_state_dict(model.state_dict())
     checkpointed.set_grad_checkpointing(True)
-    x = small_input(name)
-    reference = model(x)
-    reference.square().sum().backward()
-    out = checkpointed(x)
-    out.square().sum().backward()
-    torch.testing.assert_close(out, reference)
-    grads = dict(model.named_parameters())
-    for n, p in checkpointed.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n].grad, msg=n)
-    # The recomputation in backward must not update batch-norm statistics a second time.
-    buffers = dict(model.named_buffers())
-    for n, b in checkpointed.named_buffers():
-        torch.testing.assert_close(b, buffers[n], msg=n)
+    assert_same_training_step(model, checkpointed, small_input(name))
 
 
 @pytest.mark.parametrize(("name", "overrides"), CASES)
