@@ -96,6 +96,23 @@ def test_sigterm_exits_143_with_the_resume_command_and_the_run_resumes_exactly(t
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("task", TASKS)
+def test_a_signal_to_the_whole_process_group_stops_the_run_with_its_workers(task, sig, shapes, tmp_path):
+    """A scheduler's SIGTERM or a terminal's Ctrl-C reaches the DataLoader workers too: the run still ends
+    with 128 + the signal and the resume command, not with "DataLoader worker killed" as an internal error."""
+    out = tmp_path / "run"
+    argv = [*command(task, shapes), "--epochs", "50", "--checkpoint-every", "1", "--workers", "2", "--output", str(out)]
+    proc = subprocess.Popen(cli(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for(out / "last.ckpt", proc)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=300)
+    prefix = "cspnet train" if task == "classification" else "cspnet detect train"
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert f"interrupted; resume with: {prefix} --output {out} --resume" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_a_second_run_into_a_folder_in_use_is_refused(task, shapes, tmp_path, capsys):
     from cspnet.training.files import run_folder_lock

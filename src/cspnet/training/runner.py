@@ -382,6 +382,13 @@ def run_training(trainer: Any, module: Any, data: Any, resume_from: Path | None,
             request.check()  # a signal after the last boundary still means the job was stopped, not finished
     except _Stop as stop:
         raise Interrupted(stop.signum) from None
+    except Exception:
+        # A signal to the whole process group (a scheduler's SIGTERM, a terminal's Ctrl-C) also kills the
+        # DataLoader workers, and the loader then fails with "worker ... killed by signal" before the next
+        # step boundary: with a stop requested, that failure is the stop.
+        if request.signum is not None:
+            raise Interrupted(request.signum) from None
+        raise
     if trainer.interrupted:
         raise Interrupted(signal.SIGINT)
 
